@@ -1,0 +1,155 @@
+# Configuration, prompt table and helpers. This runs at parse time in every job (also in each
+# cluster job), so it only reads small files: the config, the prompt table, model folders.
+import json
+
+from ldmprobe.config import ConfigError, probe_settings, validate_config
+from ldmprobe.models import MissingModelError, ModelRef, preflight
+from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
+
+
+def fail(message):
+    # One clear message, no traceback: the run stops before any job is scheduled.
+    sys.stderr.write(f"\nldmprobe: {message}\n\n")
+    sys.exit(1)
+
+
+try:
+    CONFIG = validate_config(config)
+    PROMPTS = load_prompts(CONFIG["prompts"], workflow.basedir)
+except (ConfigError, PromptTableError) as error:
+    fail(error)
+
+RESULTS = CONFIG["results"]
+LOGS = f"{RESULTS}/logs"
+DEMO_DIR = CONFIG["models"]["demo_dir"]
+ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
+TASK_NAMES = list(CONFIG["labels"]["tasks"])
+METRICS_OF_KIND = {"binary": ["dice"], "continuous": ["spearman", "pearson", "rmse"]}
+TASK_KIND = {"saliency": "binary", "depth": "continuous", "shading": "continuous"}
+SOURCE = "unet"
+
+
+wildcard_constraints:
+    prompt_id=ID_PATTERN,
+    seed=r"\d+",
+    task="|".join(TASK_NAMES),
+    layer=r"[A-Za-z0-9_.]+",
+    step=r"\d+",
+    source=r"[a-z0-9-]+",
+    kind=r"[a-z0-9-]+",
+    metric=r"[a-z]+",
+
+
+def built_by_workflow(model):
+    return DEMO_DIR is not None and model["id"].startswith(DEMO_DIR.rstrip("/") + "/")
+
+
+def model_refs():
+    refs = [("models.diffusion", CONFIG["models"]["diffusion"])]
+    for task, section in CONFIG["labels"]["tasks"].items():
+        refs.append((f"labels.tasks.{task}.model", section["model"]))
+    return refs
+
+
+try:
+    preflight(
+        [
+            ModelRef.from_config(key, model)
+            for key, model in model_refs()
+            if not built_by_workflow(model)
+        ],
+        ALLOW_DOWNLOAD,
+    )
+except MissingModelError as error:
+    fail(error)
+
+
+def model_input(model):
+    """The model folder as an input when this workflow builds it (demo), else nothing."""
+    return [model["id"]] if built_by_workflow(model) else []
+
+
+def gpu_count(device):
+    return 0 if device == "cpu" else 1
+
+
+def image_dir(prompt_id, seed):
+    return f"{RESULTS}/generation/{prompt_id}/{seed}"
+
+
+def prompt_of(wildcards):
+    rows = PROMPTS[
+        (PROMPTS.prompt_id == wildcards.prompt_id) & (PROMPTS.seed == int(wildcards.seed))
+    ]
+    return rows.iloc[0]["prompt"]
+
+
+def per_image(pattern):
+    return [pattern.format(prompt_id=p, seed=s) for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)]
+
+
+def dataset_inputs(wildcards):
+    """Every image's files, by manifest column name."""
+    inputs = {
+        "store": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/activations.zarr"),
+        "image": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/image.png"),
+        "meta": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json"),
+    }
+    for task in TASK_NAMES:
+        inputs[f"label_{task}"] = per_image(f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz")
+    return inputs
+
+
+def layer_table():
+    """Layers and U-Net calls, known once the layer_table checkpoint has run."""
+    with open(checkpoints.layer_table.get().output[0]) as handle:
+        return json.load(handle)
+
+
+def probe_grid():
+    """(layer, step) cells selected by probe.layers and probe.steps."""
+    from ldmprobe.layers import Layer, select_layers
+
+    table = layer_table()
+    layers = [Layer(**entry) for entry in table["layers"]]
+    try:
+        chosen = select_layers(layers, CONFIG["probe"]["layers"])
+    except ValueError as error:
+        fail(error)
+    steps = CONFIG["probe"]["steps"]
+    if steps == "all":
+        steps = list(range(table["unet_calls"]))
+    out_of_range = [step for step in steps if step >= table["unet_calls"]]
+    if out_of_range:
+        fail(
+            f"config key 'probe.steps': {out_of_range} out of range; this schedule makes "
+            f"{table['unet_calls']} U-Net calls (steps 0..{table['unet_calls'] - 1})"
+        )
+    return [layer.name for layer in chosen], sorted(steps)
+
+
+def cell_files(name):
+    layers, steps = probe_grid()
+    return [
+        f"{RESULTS}/probes/{SOURCE}/{layer}/step{step}/{name}"
+        for layer in layers
+        for step in steps
+    ]
+
+
+def figure_files():
+    files = []
+    for task in TASK_NAMES:
+        for metric in METRICS_OF_KIND[TASK_KIND[task]]:
+            files.append(f"{RESULTS}/figures/heatmap/{task}-{metric}.png")
+            files.append(f"{RESULTS}/figures/curves/{task}-{metric}.png")
+        files.append(f"{RESULTS}/figures/examples/{task}.png")
+    return files
+
+
+def final_outputs(wildcards):
+    return [f"{RESULTS}/tables/metrics.csv", *figure_files()]
+
+
+def threads_for_probe():
+    return min(4, workflow.cores) if workflow.cores else 1

@@ -1,0 +1,10 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.aggregate(
+    list(snakemake.input.cells),
+    snakemake.input.layers,
+    snakemake.params.metrics,
+    snakemake.output.summary,
+    snakemake.output.per_image,
+)

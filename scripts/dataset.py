@@ -1,0 +1,5 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+paths = {column: list(snakemake.input[column]) for column in snakemake.input.keys()}
+jobs.dataset(snakemake.params.prompts, paths, snakemake.output[0])

@@ -1,0 +1,4 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.build_demo_model(snakemake.wildcards.kind, snakemake.output[0], snakemake.params.seed)

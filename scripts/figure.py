@@ -1,0 +1,11 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.figure(
+    snakemake.wildcards.kind,
+    snakemake.input[0],
+    snakemake.wildcards.task,
+    snakemake.wildcards.metric,
+    snakemake.params.source,
+    snakemake.output[0],
+)

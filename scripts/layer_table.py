@@ -1,0 +1,9 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.layer_table(
+    snakemake.params.model,
+    snakemake.params.allow_download,
+    snakemake.params.generation,
+    snakemake.output[0],
+)

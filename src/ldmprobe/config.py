@@ -1,0 +1,83 @@
+"""Loading and validating the study configuration against its JSON schema."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+
+
+class ConfigError(ValueError):
+    """The configuration breaks the schema; the message names the key and what is allowed."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(schema: dict, value, root: dict):
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(value, dict) or "properties" not in schema:
+        return value
+    for key, sub in schema["properties"].items():
+        resolved = root["$defs"][sub["$ref"].rsplit("/", 1)[-1]] if "$ref" in sub else sub
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        elif key not in value and "default" in resolved:
+            value[key] = copy.deepcopy(resolved["default"])
+        if key in value:
+            value[key] = _fill_defaults(sub, value[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in value:
+            if key not in schema["properties"]:
+                value[key] = _fill_defaults(extra, value[key], root)
+    return value
+
+
+def _describe(error) -> str:
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    if error.validator == "enum":
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed: {error.validator_value}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"config key '{key}': {error.message}; allowed keys: {allowed}"
+    if error.validator == "propertyNames":
+        return f"config key '{key}': {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: dict) -> dict:
+    """A validated copy of ``config`` with schema defaults filled in."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    schema = load_schema()
+    filled = _fill_defaults(schema, copy.deepcopy(config), schema)
+    errors = list(Draft202012Validator(schema).iter_errors(filled))
+    if errors:
+        raise ConfigError(_describe(best_match(errors)))
+    fractions = filled["prompts"]["split_fractions"]
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"config key 'prompts.split_fractions': fractions sum to {sum(fractions.values())}, "
+            "they must sum to 1"
+        )
+    return filled
+
+
+def load_config(path: str | Path) -> dict:
+    return validate_config(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def probe_settings(config: dict) -> dict[str, dict]:
+    """Per configured task, the probe settings: task overrides on top of the defaults."""
+    probe = config["probe"]
+    return {
+        task: {**probe["defaults"], **probe["tasks"].get(task, {})}
+        for task in config["labels"]["tasks"]
+    }

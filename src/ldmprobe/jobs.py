@@ -1,0 +1,265 @@
+"""One function per workflow job. Scripts unpack ``snakemake.*`` and call these.
+
+Each function takes plain values (paths, config sections) so it runs and is tested without
+Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .io import write_json
+
+log = logging.getLogger("ldmprobe")
+
+
+def setup_logging(log_path: str | None) -> None:
+    """Send this job's log lines (and Python warnings) to its Snakemake log file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from .compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    for noisy in ("diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def resolve_device(device: str) -> str:
+    from .models import default_device
+
+    return default_device() if device == "auto" else device
+
+
+def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
+    from .demo_models import build_demo_model as build
+
+    build(kind, out_dir, seed)
+    log.info("built random-weight %s model in %s", kind, out_dir)
+
+
+def layer_table(model: dict, allow_download: bool, generation: dict, out_path: str) -> None:
+    """The U-Net's self-attention layers and the U-Net calls of the configured schedule."""
+    from .generation import count_unet_calls
+    from .layers import discover_layers
+    from .models import ModelRef, load_scheduler_config, load_unet_on_meta, make_scheduler
+
+    ref = ModelRef.from_config("models.diffusion", model)
+    unet = load_unet_on_meta(ref, allow_download)
+    layers = discover_layers(unet, generation["height"] // 8, generation["width"] // 8)
+    scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
+    n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
+    log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)
+    write_json(
+        out_path,
+        {
+            "model": ref.describe(),
+            "layers": [layer.to_dict() for layer in layers],
+            "unet_calls": n_calls,
+            "timesteps": timesteps,
+        },
+    )
+
+
+def generate(
+    model: dict,
+    allow_download: bool,
+    generation: dict,
+    prompt: str,
+    seed: int,
+    image: str,
+    previews: str,
+    store: str,
+    meta: str,
+) -> None:
+    from .generation import GenerationSettings
+    from .generation import generate as run
+    from .models import ModelRef, load_diffusion_pipeline
+
+    ref = ModelRef.from_config("models.diffusion", model)
+    device = resolve_device(generation["device"])
+    pipe = load_diffusion_pipeline(
+        ref, generation["scheduler"], generation["dtype"], device, allow_download
+    )
+    halves = ("uncond", "cond") if generation["cfg_half"] == "both" else (generation["cfg_half"],)
+    settings = GenerationSettings(
+        height=generation["height"],
+        width=generation["width"],
+        steps=generation["steps"],
+        guidance_scale=generation["guidance_scale"],
+        halves=halves,
+        preview_kinds=tuple(generation["previews"]),
+        codec=generation["codec"],
+    )
+    provenance = {"model": ref.id, "revision": ref.revision}
+    run(pipe, prompt, seed, settings, Path(image), Path(previews), Path(store), Path(meta), provenance)
+
+
+def label(
+    task: str,
+    task_config: dict,
+    allow_download: bool,
+    device: str,
+    batch_size: int,
+    image: str,
+    previews: str,
+    out_path: str,
+) -> None:
+    from .labels import TASKS, build_labeler, label_image
+    from .models import ModelRef
+
+    ref = ModelRef.from_config(f"labels.tasks.{task}.model", task_config["model"])
+    options = task_config.get("options", {})
+    labeler = build_labeler(
+        task_config["labeler"], ref, resolve_device(device), allow_download, options
+    )
+    preview_paths = sorted(Path(previews, "x0").glob("step*.png"))
+    provenance = {"labeler": task_config["labeler"], "model": ref.id, "revision": ref.revision}
+    label_image(
+        labeler, TASKS[task], options, Path(image), preview_paths, Path(out_path), provenance,
+        batch_size,
+    )
+    log.info("labelled %s and %d previews for %s", image, len(preview_paths), task)
+
+
+def dataset(prompts: list[dict], paths: dict[str, list[str]], out_path: str) -> None:
+    import pandas as pd
+
+    from .dataset import build_manifest
+
+    manifest = build_manifest(pd.DataFrame(prompts), paths, out_path)
+    log.info("manifest of %d images: %s", len(manifest), manifest["split"].value_counts().to_dict())
+
+
+def probe(
+    manifest_path: str,
+    source: str,
+    half: str,
+    layer: str,
+    step: int,
+    settings: dict[str, dict],
+    weights_path: str,
+    metrics_path: str,
+    threads: int = 1,
+) -> None:
+    import torch
+
+    from .cell import Cell, run_cell
+    from .dataset import read_manifest
+    from .probes import ProbeSettings
+
+    torch.set_num_threads(threads)
+    tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
+    cell = Cell(source=source, half=half, layer=layer, step=step)
+    run_cell(read_manifest(manifest_path), cell, tasks, Path(weights_path), Path(metrics_path))
+
+
+def aggregate(
+    cell_metrics: list[str],
+    layers_path: str,
+    metrics_config: dict,
+    summary_path: str,
+    per_image_path: str,
+) -> None:
+    from .aggregate import read_cell_metrics, summarise_metrics, write_tables
+
+    layer_info = json.loads(Path(layers_path).read_text())
+    per_image = read_cell_metrics(cell_metrics)
+    summary = summarise_metrics(
+        per_image,
+        layer_info["layers"],
+        layer_info["model"],
+        metrics_config["bootstrap_resamples"],
+        metrics_config["ci_level"],
+        metrics_config["seed"],
+    )
+    write_tables(per_image, summary, summary_path, per_image_path)
+    log.info("%d cells, %d summary rows", len(cell_metrics), len(summary))
+
+
+def figure(kind: str, summary_path: str, task: str, metric: str, source: str, out_path: str):
+    import pandas as pd
+
+    from . import figures
+
+    summary = pd.read_csv(summary_path)
+    {"heatmap": figures.heatmap, "curves": figures.curves}[kind](
+        summary, task, metric, source, out_path
+    )
+
+
+def examples(
+    manifest_path: str,
+    weights: list[str],
+    steps: list[int],
+    task: str,
+    layer: str,
+    source: str,
+    half: str,
+    n_images: int,
+    out_path: str,
+) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .cell import load_probe_weights
+    from .dataset import read_manifest
+    from .figures import example_grid
+    from .labels import TASKS, load_label
+    from .probes import LinearProbe, TrainedProbe, predict_maps
+    from .storage import array_path, open_store, read_chunk
+
+    manifest = read_manifest(manifest_path)
+    test = manifest[manifest["split"] == "test"].head(n_images)
+    kind = TASKS[task].kind
+    probes = []
+    for path in weights:
+        tensors, metadata = load_probe_weights(path)
+        info = metadata["training"][task]
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{task}.")}
+        module = LinearProbe(state["linear.weight"].shape[1], kind)
+        module.load_state_dict(state)
+        height, width = metadata["grid"]
+        probes.append(
+            (TrainedProbe(module, 0, "", [], info["target_mean"], info["target_std"]), height, width)
+        )
+    rows = []
+    for _, image in test.iterrows():
+        group = open_store(image["store"])
+        label = load_label(image[f"label_{task}"])
+        probe_maps = []
+        for step, (trained, height, width) in zip(steps, probes, strict=True):
+            x = read_chunk(group, array_path(source, half, layer), step, image["store"])
+            x = torch.from_numpy(np.asarray(x))[None]
+            probe_maps.append(predict_maps(trained, x, height, width)[0].astype(float))
+        previews_dir = Path(image["image"]).parent / "previews" / "x0"
+        rows.append(
+            {
+                "title": f"{image['prompt_id']} s{image['seed']}",
+                "image": np.asarray(Image.open(image["image"]).convert("RGB")),
+                "previews": [
+                    np.asarray(Image.open(previews_dir / f"step{s:03d}.png").convert("RGB"))
+                    for s in steps
+                ],
+                "preview_labels": [label["preview_target"][s] for s in steps],
+                "probe": probe_maps,
+                "label": label["target"],
+            }
+        )
+    example_grid(rows, steps, task, layer, out_path)

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from ldmprobe.probes import (
+    ProbeSettings,
+    evaluate,
+    pool_to_grid,
+    probe_loss,
+    train_probe,
+)
+
+H = W = 4  # token grid
+K = 4  # label pixels per token side
+
+
+def synthetic(n, channels=8, seed=0):
+    """Activations with a known linear map to a per-token value, labels at K x resolution."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, H * W, channels, generator=generator)
+    direction = torch.arange(1, channels + 1, dtype=torch.float32) / channels
+    value = (x @ direction).reshape(n, H, W)
+    labels = value.repeat_interleave(K, 1).repeat_interleave(K, 2)
+    return x, labels, direction
+
+
+def test_continuous_probe_recovers_a_linear_map():
+    x, labels, direction = synthetic(40)
+    settings = ProbeSettings(epochs=60, lr=0.05, loss="mse", target_scaling="none")
+    trained = train_probe("continuous", settings, x[:30], labels[:30], x[30:35], labels[30:35], H, W)
+    weight = trained.probe.linear.weight.detach()[0]
+    assert torch.allclose(weight, direction, atol=0.05)
+    scores = evaluate(trained, x[35:], labels[35:].numpy(), H, W)
+    assert min(s["pearson"] for s in scores) > 0.99
+
+
+def test_binary_probe_separates_a_linear_boundary():
+    x, labels, _ = synthetic(40, seed=1)
+    masks = (labels > 0).float()
+    settings = ProbeSettings(epochs=40, lr=0.05)
+    trained = train_probe("binary", settings, x[:30], masks[:30], x[30:35], masks[30:35], H, W)
+    assert trained.selection == "val"
+    assert trained.probe.linear.bias is None
+    scores = evaluate(trained, x[35:], masks[35:].numpy(), H, W)
+    assert np.mean([s["dice"] for s in scores]) > 0.9
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_native_loss_equals_reference_upsampled_loss(loss):
+    """Nearest-upsampled loss at label resolution == native loss on pooled labels (+ const)."""
+    torch.manual_seed(0)
+    kind = "binary" if loss == "cross_entropy" else "continuous"
+    outputs = 2 if kind == "binary" else 1
+    output = torch.randn(3, H * W, outputs, requires_grad=True)
+    labels = (torch.rand(3, H * K, W * K) > 0.5).float()
+    if kind == "continuous":
+        labels = torch.randn(3, H * K, W * K)
+
+    # The reference: interpolate logits to the label size, loss per pixel.
+    grid = output.reshape(3, H, W, outputs).permute(0, 3, 1, 2)
+    upsampled = torch.nn.functional.interpolate(grid, scale_factor=K, mode="nearest")
+    if kind == "binary":
+        reference = torch.nn.functional.cross_entropy(upsampled, labels.long())
+    else:
+        reference = torch.nn.functional.mse_loss(upsampled[:, 0], labels)
+    native = probe_loss(kind, ProbeSettings(loss=loss, loss_resolution="native"), output,
+                        pool_to_grid(labels, H, W), H, W)
+    at_label = probe_loss(kind, ProbeSettings(loss=loss, loss_resolution="label"), output,
+                          labels, H, W)
+    (reference_grad,) = torch.autograd.grad(reference, output)
+    (native_grad,) = torch.autograd.grad(native, output)
+    assert torch.allclose(at_label, reference, atol=1e-6)
+    assert torch.allclose(native_grad, reference_grad, atol=1e-6)
+    if kind == "binary":
+        # Soft-label CE differs from the hard per-pixel CE by the labels' block entropy only.
+        pooled = pool_to_grid(labels, H, W).clamp(1e-12, 1 - 1e-12)
+        entropy = -(pooled * pooled.log() + (1 - pooled) * (1 - pooled).log()).mean()
+        assert torch.allclose(native, reference - entropy, atol=1e-5)
+
+
+def test_huber_at_label_resolution_matches_interpolated_reference():
+    torch.manual_seed(0)
+    output = torch.randn(2, H * W, 1) * 3
+    labels = torch.randn(2, H * K, W * K) * 3
+    upsampled = torch.nn.functional.interpolate(
+        output.reshape(2, H, W, 1).permute(0, 3, 1, 2), scale_factor=K, mode="nearest"
+    )[:, 0]
+    reference = torch.nn.functional.huber_loss(upsampled, labels)
+    ours = probe_loss("continuous", ProbeSettings(), output, labels, H, W)
+    assert ProbeSettings().resolution("continuous") == "label"
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_checkpoint_selection_uses_validation_not_test():
+    x, labels, _ = synthetic(20, seed=2)
+    settings = ProbeSettings(epochs=5, lr=0.5, loss="mse", target_scaling="none")
+    trained = train_probe("continuous", settings, x[:10], labels[:10], x[10:15], labels[10:15], H, W)
+    val_losses = [record["val_loss"] for record in trained.history]
+    assert trained.chosen_epoch == int(np.argmin(val_losses))
+
+
+def test_without_validation_images_the_last_epoch_is_kept():
+    x, labels, _ = synthetic(10, seed=3)
+    settings = ProbeSettings(epochs=3, loss="mse")
+    trained = train_probe("continuous", settings, x, labels, x[:0], labels[:0], H, W)
+    assert (trained.selection, trained.chosen_epoch) == ("last", 2)
