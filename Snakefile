@@ -25,6 +25,6 @@ report: "report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs,
-    default_target: True

@@ -3,7 +3,7 @@
 import json
 
 from ldmprobe.config import ConfigError, probe_settings, validate_config
-from ldmprobe.models import MissingModelError, ModelRef, preflight
+from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
 
 
@@ -41,7 +41,7 @@ wildcard_constraints:
 
 
 def built_by_workflow(model):
-    return DEMO_DIR is not None and model["id"].startswith(DEMO_DIR.rstrip("/") + "/")
+    return DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR)
 
 
 def model_refs():
@@ -79,24 +79,32 @@ def image_dir(prompt_id, seed):
 
 def prompt_of(wildcards):
     rows = PROMPTS[
-        (PROMPTS.prompt_id == wildcards.prompt_id) & (PROMPTS.seed == int(wildcards.seed))
+        (PROMPTS.prompt_id == wildcards.prompt_id)
+        & (PROMPTS.seed == int(wildcards.seed))
     ]
     return rows.iloc[0]["prompt"]
 
 
 def per_image(pattern):
-    return [pattern.format(prompt_id=p, seed=s) for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)]
+    return [
+        pattern.format(prompt_id=p, seed=s)
+        for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
+    ]
 
 
 def dataset_inputs(wildcards):
     """Every image's files, by manifest column name."""
     inputs = {
-        "store": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/activations.zarr"),
+        "store": per_image(
+            f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/activations.zarr"
+        ),
         "image": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/image.png"),
         "meta": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json"),
     }
     for task in TASK_NAMES:
-        inputs[f"label_{task}"] = per_image(f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz")
+        inputs[f"label_{task}"] = per_image(
+            f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz"
+        )
     return inputs
 
 
@@ -151,5 +159,7 @@ def final_outputs(wildcards):
     return [f"{RESULTS}/tables/metrics.csv", *figure_files()]
 
 
-def threads_for_probe():
-    return min(4, workflow.cores) if workflow.cores else 1
+def example_layer():
+    layers, _steps = probe_grid()
+    chosen = CONFIG["figures"]["example_layer"]
+    return layers[-1] if chosen == "last" else chosen

@@ -9,20 +9,16 @@ rule figure:
             subcategory="{task}",
             labels={"figure": "{kind}", "task": "{task}", "metric": "{metric}"},
         ),
-    params:
-        source=SOURCE,
-    wildcard_constraints:
-        kind="heatmap|curves",
     log:
         f"{LOGS}/figure/{{kind}}/{{task}}-{{metric}}.log",
+    wildcard_constraints:
+        kind="heatmap|curves",
+    conda:
+        "../envs/report.yaml"
+    params:
+        source=SOURCE,
     script:
         "../scripts/figure.py"
-
-
-def example_layer():
-    layers, _steps = probe_grid()
-    chosen = CONFIG["figures"]["example_layer"]
-    return layers[-1] if chosen == "last" else chosen
 
 
 rule examples:
@@ -40,13 +36,15 @@ rule examples:
             subcategory="{task}",
             labels={"figure": "examples", "task": "{task}"},
         ),
+    log:
+        f"{LOGS}/examples/{{task}}.log",
+    conda:
+        "../envs/report.yaml"
     params:
         steps=lambda wildcards: probe_grid()[1],
         layer=lambda wildcards: example_layer(),
         source=SOURCE,
         half=CONFIG["probe"]["cfg_half"],
         n_images=CONFIG["figures"]["example_images"],
-    log:
-        f"{LOGS}/examples/{{task}}.log",
     script:
         "../scripts/examples.py"

@@ -7,14 +7,16 @@ rule generate:
         previews=directory(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/previews"),
         store=directory(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/activations.zarr"),
         meta=f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json",
+    log:
+        f"{LOGS}/generate/{{prompt_id}}/{{seed}}.log",
+    conda:
+        "../envs/generate.yaml"
+    resources:
+        gpu=gpu_count(CONFIG["generation"]["device"]),
     params:
         prompt=prompt_of,
         model=CONFIG["models"]["diffusion"],
         allow_download=ALLOW_DOWNLOAD,
         generation=CONFIG["generation"],
-    resources:
-        gpu=gpu_count(CONFIG["generation"]["device"]),
-    log:
-        f"{LOGS}/generate/{{prompt_id}}/{{seed}}.log",
     script:
         "../scripts/generate.py"

@@ -2,10 +2,12 @@
 rule demo_model:
     output:
         directory(f"{DEMO_DIR}/{{kind}}"),
-    params:
-        seed=0,
     log:
         f"{LOGS}/demo_model/{{kind}}.log",
+    conda:
+        "../envs/generate.yaml"
+    params:
+        seed=0,
     script:
         "../scripts/demo_model.py"
 
@@ -17,6 +19,10 @@ checkpoint layer_table:
         model_input(CONFIG["models"]["diffusion"]),
     output:
         f"{RESULTS}/model/layers.json",
+    log:
+        f"{LOGS}/layer_table.log",
+    conda:
+        "../envs/generate.yaml"
     params:
         model=CONFIG["models"]["diffusion"],
         allow_download=ALLOW_DOWNLOAD,
@@ -24,7 +30,5 @@ checkpoint layer_table:
             key: CONFIG["generation"][key]
             for key in ("scheduler", "steps", "height", "width")
         },
-    log:
-        f"{LOGS}/layer_table.log",
     script:
         "../scripts/layer_table.py"

@@ -5,10 +5,12 @@ rule dataset:
         unpack(dataset_inputs),
     output:
         f"{RESULTS}/dataset.csv",
-    params:
-        prompts=PROMPTS[["prompt_id", "seed", "split"]].to_dict("records"),
     log:
         f"{LOGS}/dataset.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        prompts=PROMPTS[["prompt_id", "seed", "split"]].to_dict("records"),
     script:
         "../scripts/dataset.py"
 
@@ -19,12 +21,14 @@ rule probe:
     output:
         weights=f"{RESULTS}/probes/{{source}}/{{layer}}/step{{step}}/probe.safetensors",
         metrics=f"{RESULTS}/probes/{{source}}/{{layer}}/step{{step}}/metrics.csv",
+    log:
+        f"{LOGS}/probe/{{source}}/{{layer}}/step{{step}}.log",
+    conda:
+        "../envs/probes.yaml"
+    threads: 1
     params:
         half=CONFIG["probe"]["cfg_half"],
         settings=probe_settings(CONFIG),
-    threads: 1
-    log:
-        f"{LOGS}/probe/{{source}}/{{layer}}/step{{step}}.log",
     script:
         "../scripts/probe.py"
 
@@ -40,9 +44,11 @@ rule aggregate:
             category="Tables",
         ),
         per_image=f"{RESULTS}/tables/per_image_metrics.csv.gz",
-    params:
-        metrics=CONFIG["metrics"],
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        metrics=CONFIG["metrics"],
     script:
         "../scripts/aggregate.py"

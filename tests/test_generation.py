@@ -66,10 +66,20 @@ def test_sigma_schedulers_use_their_sigma(demo_pipe):
 @pytest.fixture(scope="module")
 def generated(demo_pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    settings = GenerationSettings(height=64, width=64, halves=("uncond", "cond"),
-                                  preview_kinds=("x0", "xt"))
-    meta = generate(demo_pipe, "a red car", 7, settings, out / "image.png", out / "previews",
-                    out / "act.zarr", out / "meta.json", {"model": "demo"})
+    settings = GenerationSettings(
+        height=64, width=64, halves=("uncond", "cond"), preview_kinds=("x0", "xt")
+    )
+    meta = generate(
+        demo_pipe,
+        "a red car",
+        7,
+        settings,
+        out / "image.png",
+        out / "previews",
+        out / "act.zarr",
+        out / "meta.json",
+        {"model": "demo"},
+    )
     return out, meta
 
 
@@ -102,8 +112,14 @@ def test_cfg_halves_differ_and_cond_is_index_one(generated, demo_pipe):
     module = dict(demo_pipe.unet.named_modules())[meta["layers"][-1]["module_path"]].to_out[0]
     handle = module.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().clone()))
     try:
-        demo_pipe("a red car", height=64, width=64, num_inference_steps=15, guidance_scale=7.5,
-                  latents=initial_noise(7, 64, 64))
+        demo_pipe(
+            "a red car",
+            height=64,
+            width=64,
+            num_inference_steps=15,
+            guidance_scale=7.5,
+            latents=initial_noise(7, 64, 64),
+        )
     finally:
         handle.remove()
     np.testing.assert_allclose(cond, captured[0][1].numpy(), atol=2e-3, rtol=1e-2)
@@ -112,10 +128,20 @@ def test_cfg_halves_differ_and_cond_is_index_one(generated, demo_pipe):
 
 def test_generation_is_deterministic(demo_pipe, tmp_path, generated):
     out, _ = generated
-    settings = GenerationSettings(height=64, width=64, halves=("uncond", "cond"),
-                                  preview_kinds=("x0", "xt"))
-    generate(demo_pipe, "a red car", 7, settings, tmp_path / "image.png", tmp_path / "previews",
-             tmp_path / "act.zarr", tmp_path / "meta.json", {"model": "demo"})
+    settings = GenerationSettings(
+        height=64, width=64, halves=("uncond", "cond"), preview_kinds=("x0", "xt")
+    )
+    generate(
+        demo_pipe,
+        "a red car",
+        7,
+        settings,
+        tmp_path / "image.png",
+        tmp_path / "previews",
+        tmp_path / "act.zarr",
+        tmp_path / "meta.json",
+        {"model": "demo"},
+    )
     first = zarr.open_group(str(out / "act.zarr"), mode="r")
     second = zarr.open_group(str(tmp_path / "act.zarr"), mode="r")
     for name in ("unet/cond/up3.2", "unet/cond/mid.0", "latents/x0"):

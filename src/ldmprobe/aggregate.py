@@ -23,7 +23,7 @@ def summarise_metrics(
     level: float,
     seed: int,
 ) -> pd.DataFrame:
-    """Mean and bootstrap interval over test images, one row per (source, task, layer, step, metric)."""
+    """Mean and bootstrap interval over test images per (source, task, layer, step, metric)."""
     order = {layer["name"]: layer for layer in layers}
     rows = []
     for key, group in per_image.groupby(KEYS, sort=False):

@@ -62,7 +62,9 @@ def run_cell(
 ) -> pd.DataFrame:
     activations, (height, width) = load_activations(manifest, cell)
     split = manifest["split"].to_numpy()
-    parts = {name: torch.from_numpy(np.flatnonzero(split == name)) for name in ("train", "val", "test")}
+    parts = {
+        name: torch.from_numpy(np.flatnonzero(split == name)) for name in ("train", "val", "test")
+    }
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ValueError("the probe needs at least one train and one test image; check the splits")
 

@@ -42,7 +42,8 @@ def _fill_defaults(schema: dict, value, root: dict):
 def _describe(error) -> str:
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
     if error.validator == "enum":
-        return f"config key '{key}': {error.instance!r} is not allowed; allowed: {error.validator_value}"
+        allowed = error.validator_value
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed: {allowed}"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"config key '{key}': {error.message}; allowed keys: {allowed}"

@@ -29,9 +29,7 @@ def _save(fig, path: str | Path) -> None:
 
 def heatmap(summary: pd.DataFrame, task: str, metric: str, source: str, path: str | Path) -> None:
     """Layers (U-Net execution order) x steps, coloured by the mean test metric."""
-    rows = summary[
-        (summary.task == task) & (summary.metric == metric) & (summary.source == source)
-    ]
+    rows = summary[(summary.task == task) & (summary.metric == metric) & (summary.source == source)]
     grid = rows.pivot_table(index=["layer_order", "layer"], columns="step", values="mean")
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * grid.shape[1], 1.0 + 0.32 * grid.shape[0]))
     cmap = "viridis_r" if metric == "rmse" else "viridis"

@@ -85,8 +85,12 @@ class StepRecorder:
         self._handles.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
         modules = find_attn1_modules(unet)
         for layer in self.layers:
-            hook = modules[layer.module_path].to_out[0].register_forward_hook(
-                lambda _m, _i, output, layer=layer: self._capture(layer, output)
+            hook = (
+                modules[layer.module_path]
+                .to_out[0]
+                .register_forward_hook(
+                    lambda _m, _i, output, layer=layer: self._capture(layer, output)
+                )
             )
             self._handles.append(hook)
         return self
@@ -98,7 +102,9 @@ class StepRecorder:
     def _before_unet(self, _module, args, kwargs):
         self.step += 1
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        self.timesteps.append(float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else timestep)
+        self.timesteps.append(
+            float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else timestep
+        )
 
     def _after_unet(self, _module, args, kwargs, output):
         sample = (args[0] if args else kwargs["sample"]).float()
@@ -190,7 +196,9 @@ def generate(
         group = create_store(tmp_store, arrays, settings.codec)
         writer = ActivationWriter(group)
         try:
-            with StepRecorder(pipe, layers, settings.halves, writer, settings.guidance_scale) as rec:
+            with StepRecorder(
+                pipe, layers, settings.halves, writer, settings.guidance_scale
+            ) as rec:
 
                 def report_progress(_pipe, step_index, timestep, callback_kwargs):
                     log.info("step %d/%d (timestep %.2f)", step_index + 1, n_calls, float(timestep))

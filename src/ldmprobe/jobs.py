@@ -107,7 +107,17 @@ def generate(
         codec=generation["codec"],
     )
     provenance = {"model": ref.id, "revision": ref.revision}
-    run(pipe, prompt, seed, settings, Path(image), Path(previews), Path(store), Path(meta), provenance)
+    run(
+        pipe,
+        prompt,
+        seed,
+        settings,
+        Path(image),
+        Path(previews),
+        Path(store),
+        Path(meta),
+        provenance,
+    )
 
 
 def label(
@@ -131,7 +141,13 @@ def label(
     preview_paths = sorted(Path(previews, "x0").glob("step*.png"))
     provenance = {"labeler": task_config["labeler"], "model": ref.id, "revision": ref.revision}
     label_image(
-        labeler, TASKS[task], options, Path(image), preview_paths, Path(out_path), provenance,
+        labeler,
+        TASKS[task],
+        options,
+        Path(image),
+        preview_paths,
+        Path(out_path),
+        provenance,
         batch_size,
     )
     log.info("labelled %s and %d previews for %s", image, len(preview_paths), task)
@@ -237,7 +253,11 @@ def examples(
         module.load_state_dict(state)
         height, width = metadata["grid"]
         probes.append(
-            (TrainedProbe(module, 0, "", [], info["target_mean"], info["target_std"]), height, width)
+            (
+                TrainedProbe(module, 0, "", [], info["target_mean"], info["target_std"]),
+                height,
+                width,
+            )
         )
     rows = []
     for _, image in test.iterrows():

@@ -119,18 +119,23 @@ def label_image(
     for start in range(0, len(preview_paths), batch_size):
         batch = [Image.open(p).convert("RGB") for p in preview_paths[start : start + batch_size]]
         preview_raw.extend(labeler.predict(batch))
-        log.info("labelled previews %d/%d", min(start + batch_size, len(preview_paths)), len(preview_paths))
-    preview_raw = np.stack(preview_raw) if preview_raw else np.zeros((0, *final_raw.shape), np.float32)
-    with atomic_file(out_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                target=to_target(task, final_raw, options),
-                raw=final_raw,
-                preview_target=to_target(task, preview_raw, options),
-                preview_raw=preview_raw,
-                provenance=np.array(repr(provenance)),
-            )
+        log.info(
+            "labelled previews %d/%d",
+            min(start + batch_size, len(preview_paths)),
+            len(preview_paths),
+        )
+    preview_raw = (
+        np.stack(preview_raw) if preview_raw else np.zeros((0, *final_raw.shape), np.float32)
+    )
+    with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            target=to_target(task, final_raw, options),
+            raw=final_raw,
+            preview_target=to_target(task, preview_raw, options),
+            preview_raw=preview_raw,
+            provenance=np.array(repr(provenance)),
+        )
 
 
 def load_label(path: str | Path, producer: str = "label") -> dict[str, np.ndarray]:

@@ -37,6 +37,12 @@ def looks_like_local_path(model_id: str) -> bool:
     return model_id.startswith(("/", "./", "../", "~")) or os.path.isdir(model_id)
 
 
+def is_inside(path: str, directory: str) -> bool:
+    """Whether ``path`` lies inside ``directory`` (lexically; neither needs to exist)."""
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path != directory and os.path.commonpath([path, directory]) == directory
+
+
 def resolve_model(ref: ModelRef, allow_download: bool = False) -> Path:
     """Local directory holding ``ref``; downloads only when ``allow_download`` is set."""
     if looks_like_local_path(ref.id):

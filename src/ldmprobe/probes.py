@@ -188,7 +188,9 @@ def chunked_loss(kind, settings, probe, x, targets, height, width, chunk: int = 
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk].float()
-            loss = probe_loss(kind, settings, probe(part), targets[start : start + chunk], height, width)
+            loss = probe_loss(
+                kind, settings, probe(part), targets[start : start + chunk], height, width
+            )
             total += float(loss) * part.shape[0]
     return total / max(x.shape[0], 1)
 

@@ -126,11 +126,11 @@ def read_chunk(group, path: str, step: int, store_path: str | Path) -> np.ndarra
             f"activation store {store_path}: cannot read {path!r} step {step} ({error}); "
             "the store is corrupt: delete it and rerun snakemake (rule 'generate')"
         ) from error
-    if array.fill_value is not None and not np.any(values):
-        # Zarr returns the fill value for a chunk file that is absent: a truncated store.
-        if not Path(store_path, path, "c", str(step)).exists():
-            raise StoreError(
-                f"activation store {store_path}: chunk {step} of {path!r} is missing; "
-                "delete the store and rerun snakemake (rule 'generate')"
-            )
+    # Zarr returns the fill value for a chunk file that is absent: a truncated store.
+    chunk_absent = not np.any(values) and not Path(store_path, path, "c", str(step)).exists()
+    if chunk_absent:
+        raise StoreError(
+            f"activation store {store_path}: chunk {step} of {path!r} is missing; "
+            "delete the store and rerun snakemake (rule 'generate')"
+        )
     return values

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ldmprobe.config import ConfigError, load_config, probe_settings, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo():
+    return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(REPO / "config" / name)
+    assert config["generation"]["steps"] == 15
+
+
+def test_defaults_are_filled():
+    config = demo()
+    del config["generation"]["codec"]
+    filled = validate_config(config)
+    assert filled["generation"]["codec"] == {"name": "blosc-zstd", "level": 3}
+    assert filled["probe"]["defaults"]["epochs"] == 30
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(bogus=1), r"'\(top level\)'.*'bogus' was unexpected"),
+        (lambda c: c["generation"].update(steps="15"), r"'generation.steps'.*not of type"),
+        (lambda c: c["generation"].update(steps=0), r"'generation.steps'.*minimum"),
+        (
+            lambda c: c["generation"].update(cfg_half="left"),
+            r"'generation.cfg_half'.*allowed: \['cond', 'uncond', 'both'\]",
+        ),
+        (
+            lambda c: c["labels"]["tasks"].update(normals={"labeler": "x", "model": {"id": "y"}}),
+            r"'labels.tasks'.*normals",
+        ),
+        (lambda c: c["probe"]["defaults"].update(lr=-1), r"'probe.defaults.lr'"),
+        (
+            lambda c: c["prompts"].update(split_fractions={"train": 0.5, "val": 0.1, "test": 0.1}),
+            r"sum to 1",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(edit, message):
+    config = demo()
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_probe_settings_merge_task_overrides():
+    config = validate_config(demo())
+    config["probe"]["tasks"] = {"depth": {"lr": 0.01}}
+    assert probe_settings(config)["depth"]["lr"] == 0.01
+    assert probe_settings(config)["depth"]["epochs"] == 30

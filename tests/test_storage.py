@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from ldmprobe.io import atomic_directory, atomic_file
+from ldmprobe.storage import StoreError, create_store, open_store, read_chunk
+
+CODECS = [
+    {"name": "none"},
+    {"name": "zstd", "level": 3},
+    {"name": "blosc-zstd", "level": 3},
+    {"name": "blosc-lz4", "level": 5},
+]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_round_trip_per_step_chunks(tmp_path, codec):
+    values = np.random.default_rng(0).standard_normal((3, 16, 8)).astype(np.float16)
+    group = create_store(tmp_path / "s.zarr", {"unet/cond/up3.2": (values.shape, "float16")}, codec)
+    for step in range(3):
+        group["unet/cond/up3.2"][step] = values[step]
+    reopened = open_store(tmp_path / "s.zarr")
+    for step in range(3):
+        chunk = read_chunk(reopened, "unet/cond/up3.2", step, tmp_path / "s.zarr")
+        assert np.array_equal(chunk, values[step])
+    assert (tmp_path / "s.zarr" / "unet/cond/up3.2" / "c" / "2").exists()
+
+
+def make_store(path):
+    values = np.ones((2, 4, 4), np.float16)
+    group = create_store(path, {"a": (values.shape, "float16")}, {"name": "zstd", "level": 1})
+    group["a"][0] = values[0]
+    group["a"][1] = values[1]
+    return path
+
+
+def test_missing_store_names_path_and_rule(tmp_path):
+    with pytest.raises(StoreError, match=r"nope.zarr.*rule 'generate'"):
+        open_store(tmp_path / "nope.zarr")
+
+
+def test_truncated_chunk_is_reported(tmp_path):
+    store = make_store(tmp_path / "s.zarr")
+    chunk = next((store / "a" / "c" / "1").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    with pytest.raises(StoreError, match=r"s.zarr.*step 1.*corrupt"):
+        read_chunk(open_store(store), "a", 1, store)
+
+
+def test_deleted_chunk_is_reported(tmp_path):
+    store = make_store(tmp_path / "s.zarr")
+    import shutil
+
+    shutil.rmtree(store / "a" / "c" / "0")
+    with pytest.raises(StoreError, match=r"chunk 0 of 'a' is missing"):
+        read_chunk(open_store(store), "a", 0, store)
+
+
+def test_unknown_array_is_reported(tmp_path):
+    store = make_store(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match=r"no array 'b'"):
+        read_chunk(open_store(store), "b", 0, store)
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_replaces_only_on_success(tmp_path):
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("new")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    with atomic_file(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
