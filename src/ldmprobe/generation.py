@@ -34,6 +34,8 @@ class GenerationSettings:
     preview_kinds: tuple[str, ...] = ("x0",)
     codec: dict = field(default_factory=lambda: {"name": "blosc-zstd", "level": 3})
     activation_dtype: str = "float16"
+    # Activation chunks queued for the writer thread; 0 writes them synchronously.
+    write_queue: int = 64
 
 
 def initial_noise(seed: int, height: int, width: int, channels: int = 4):
@@ -194,7 +196,7 @@ def generate(
 
     with atomic_directory(store_path) as tmp_store:
         group = create_store(tmp_store, arrays, settings.codec)
-        writer = ActivationWriter(group)
+        writer = ActivationWriter(group, settings.write_queue)
         try:
             with StepRecorder(
                 pipe, layers, settings.halves, writer, settings.guidance_scale

@@ -52,16 +52,19 @@ def make_codecs(codec: dict) -> dict:
 class ActivationWriter:
     """Writes activation chunks from a background thread so the GPU keeps denoising.
 
-    ``put`` copies the array and returns; ``close`` waits for every write and re-raises the
-    first error a write hit.
+    ``put`` queues the array and returns; ``close`` waits for every write and re-raises the
+    first error a write hit. ``max_pending=0`` writes synchronously inside ``put`` (the
+    baseline that ``bench/bench_dump.py`` compares the thread against).
     """
 
     def __init__(self, group, max_pending: int = 64):
         self._group = group
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="zarr-writer", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if max_pending > 0:
+            self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+            self._thread = threading.Thread(target=self._run, name="zarr-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -78,9 +81,14 @@ class ActivationWriter:
     def put(self, path: str, step: int, values: np.ndarray) -> None:
         if self._error is not None:
             raise self._error
+        if self._thread is None:
+            self._group[path][step] = values
+            return
         self._queue.put((path, step, values))
 
     def close(self) -> None:
+        if self._thread is None:
+            return
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
