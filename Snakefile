@@ -19,6 +19,7 @@ include: "rules/generate.smk"
 include: "rules/labels.smk"
 include: "rules/probes.smk"
 include: "rules/figures.smk"
+include: "rules/classify.smk"
 
 
 report: "report/workflow.rst"

@@ -4,6 +4,7 @@ import json
 
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
+from ldmprobe.preflight import DiskSpaceError, check_consistency, disk_preflight
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
 
 
@@ -15,6 +16,7 @@ def fail(message):
 
 try:
     CONFIG = validate_config(config)
+    check_consistency(CONFIG)
     PROMPTS = load_prompts(CONFIG["prompts"], workflow.basedir)
 except (ConfigError, PromptTableError) as error:
     fail(error)
@@ -48,6 +50,8 @@ def model_refs():
     refs = [("models.diffusion", CONFIG["models"]["diffusion"])]
     for task, section in CONFIG["labels"]["tasks"].items():
         refs.append((f"labels.tasks.{task}.model", section["model"]))
+    if CONFIG["classification"]["enabled"]:
+        refs.append(("classification.model", CONFIG["classification"]["model"]))
     return refs
 
 
@@ -77,12 +81,12 @@ def image_dir(prompt_id, seed):
     return f"{RESULTS}/generation/{prompt_id}/{seed}"
 
 
+# A dict, not a DataFrame filter per job: that made the DAG quadratic in the table's rows.
+PROMPT_TEXT = dict(zip(zip(PROMPTS.prompt_id, PROMPTS.seed), PROMPTS.prompt))
+
+
 def prompt_of(wildcards):
-    rows = PROMPTS[
-        (PROMPTS.prompt_id == wildcards.prompt_id)
-        & (PROMPTS.seed == int(wildcards.seed))
-    ]
-    return rows.iloc[0]["prompt"]
+    return PROMPT_TEXT[(wildcards.prompt_id, int(wildcards.seed))]
 
 
 def per_image(pattern):
@@ -106,6 +110,20 @@ def dataset_inputs(wildcards):
             f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz"
         )
     return inputs
+
+
+# Once per invocation, not in every job: room for the stores and labels not written yet.
+if workflow.is_main_process:
+    _pending = dataset_inputs(None)
+    try:
+        _space = disk_preflight(
+            CONFIG,
+            _pending["store"],
+            [path for task in TASK_NAMES for path in _pending[f"label_{task}"]],
+        )
+    except DiskSpaceError as error:
+        fail(error)
+    sys.stderr.write(f"ldmprobe: {_space}\n")
 
 
 def layer_table():
@@ -156,7 +174,12 @@ def figure_files():
 
 
 def final_outputs(wildcards):
-    return [f"{RESULTS}/tables/metrics.csv", *figure_files()]
+    # classification_outputs: rules/classify.smk (empty unless classification.enabled).
+    return [
+        f"{RESULTS}/tables/metrics.csv",
+        *figure_files(),
+        *classification_outputs(),
+    ]
 
 
 def example_layer():

@@ -4,7 +4,7 @@ rule figure:
     output:
         report(
             f"{RESULTS}/figures/{{kind}}/{{task}}-{{metric}}.png",
-            caption="../report/{kind}.rst",
+            caption="../report/probe_figure.rst",
             category="Probes",
             subcategory="{task}",
             labels={"figure": "{kind}", "task": "{task}", "metric": "{metric}"},

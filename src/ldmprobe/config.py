@@ -39,6 +39,20 @@ def _fill_defaults(schema: dict, value, root: dict):
     return value
 
 
+def _summarise(schema: dict, plural: bool = False) -> str:
+    """A schema alternative in words, for messages: "'all'", "a list of integers >= 0"."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return f"one of {schema['enum']}"
+    if schema.get("type") == "array":
+        return f"a list of {_summarise(schema.get('items', {}), plural=True)}"
+    words = str(schema.get("type", "value")) + ("s" if plural else "")
+    if "minimum" in schema:
+        words += f" >= {schema['minimum']}"
+    return words
+
+
 def _describe(error) -> str:
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
     if error.validator == "enum":
@@ -49,6 +63,9 @@ def _describe(error) -> str:
         return f"config key '{key}': {error.message}; allowed keys: {allowed}"
     if error.validator == "propertyNames":
         return f"config key '{key}': {error.message}"
+    if error.validator in ("oneOf", "anyOf"):
+        allowed = " or ".join(_summarise(option) for option in error.validator_value)
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed: {allowed}"
     return f"config key '{key}': {error.message}"
 
 

@@ -131,9 +131,281 @@ def build_dpt_depth(out_dir: Path, seed: int) -> None:
     ).save_pretrained(out_dir)
 
 
+def build_vgg16(out_dir: Path, seed: int) -> None:
+    """timm's VGG-16 with random weights, saved in the Hugging Face hub layout of
+    ``timm/vgg16.tv_in1k`` (config.json with its preprocessing, model.safetensors)."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    save_for_hf(timm.create_model("vgg16", pretrained=False), out_dir, safe_serialization=True)
+
+
+def build_dpt_hybrid_depth(out_dir: Path, seed: int) -> None:
+    """DPT-Hybrid (``Intel/dpt-hybrid-midas``): a ViT on the feature map of a BiT ResNet."""
+    import torch
+    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = BitConfig(
+        global_padding="same",
+        layer_type="bottleneck",
+        depths=[1, 1, 1],
+        hidden_sizes=[16, 32, 64],
+        embedding_size=16,
+        out_features=["stage1", "stage2", "stage3"],
+        embedding_dynamic_padding=True,
+        num_groups=8,
+    )
+    config = DPTConfig(
+        is_hybrid=True,
+        backbone_config=backbone,
+        backbone_featmap_shape=[1, 64, 8, 8],
+        image_size=128,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 32, 32, 32],
+        fusion_hidden_size=16,
+        readout_type="project",
+    )
+    DPTForDepthEstimation(config).save_pretrained(out_dir, safe_serialization=True)
+    DPTImageProcessor(
+        size={"height": 128, "width": 128}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(out_dir)
+
+
+def build_dpt_beit_depth(out_dir: Path, seed: int) -> None:
+    """DPT with a BEiT backbone (MiDaS v3.1, ``Intel/dpt-beit-large-512``)."""
+    import torch
+    from transformers import BeitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = BeitConfig(
+        image_size=128,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        use_relative_position_bias=True,
+        use_mask_token=False,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    config = DPTConfig(
+        backbone_config=backbone,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        # The head's extra projection (MiDaS v3.1) is built for 256 fusion channels.
+        fusion_hidden_size=256,
+        hidden_size=32,
+        head_in_index=-1,
+        add_projection=True,
+        use_bias_in_fusion_residual=False,
+    )
+    DPTForDepthEstimation(config).save_pretrained(out_dir, safe_serialization=True)
+    DPTImageProcessor(
+        size={"height": 128, "width": 128},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=32,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    ).save_pretrained(out_dir)
+
+
+def build_depth_anything(out_dir: Path, seed: int) -> None:
+    """Depth Anything V2 (``depth-anything/Depth-Anything-V2-Small-hf``): DINOv2 and a DPT head;
+    its processor keeps the aspect ratio and sizes inputs to a multiple of 14."""
+    import torch
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+    )
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(
+        image_size=70,
+        patch_size=14,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    DepthAnythingForDepthEstimation(config).save_pretrained(out_dir, safe_serialization=True)
+    # The real processor's settings, at 70 instead of 518 px.
+    DPTImageProcessor(
+        do_resize=True,
+        size={"height": 70, "width": 70},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        do_pad=False,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out_dir)
+
+
+def build_tracer_saliency(out_dir: Path, seed: int) -> None:
+    """carvekit's TRACER-B7 (EfficientNet-B7 encoder, fixed size), its state dict as carvekit
+    stores it (``tracer_b7.pth``), in float16 to halve the file (loading casts it back)."""
+    import torch
+    from carvekit.ml.wrap.tracer_b7 import TracerUniversalB7
+
+    torch.manual_seed(seed)
+    weights = out_dir / "tracer_b7.pth"
+    model = TracerUniversalB7(load_pretrained=False, model_path=weights)
+    torch.save({name: value.half() for name, value in model.state_dict().items()}, weights)
+
+
+# U²-Net-lite (U²-Net†, "u2netp"), the small configuration of the U²-Net paper, in the layout
+# of carvekit's U2NETArchitecture: stage -> [name, (height, in, mid, out[, dilated]), side].
+U2NET_LITE = {
+    "stage1": ["En_1", (7, 3, 16, 64), -1],
+    "stage2": ["En_2", (6, 64, 16, 64), -1],
+    "stage3": ["En_3", (5, 64, 16, 64), -1],
+    "stage4": ["En_4", (4, 64, 16, 64), -1],
+    "stage5": ["En_5", (4, 64, 16, 64, True), -1],
+    "stage6": ["En_6", (4, 64, 16, 64, True), 64],
+    "stage5d": ["De_5", (4, 128, 16, 64, True), 64],
+    "stage4d": ["De_4", (4, 128, 16, 64), 64],
+    "stage3d": ["De_3", (5, 128, 16, 64), 64],
+    "stage2d": ["De_2", (6, 128, 16, 64), 64],
+    "stage1d": ["De_1", (7, 128, 16, 64), 64],
+}
+
+
+def build_rembg_u2netp(out_dir: Path, seed: int) -> None:
+    """rembg's ``u2netp`` session file: U²-Net-lite exported to ONNX as rembg's own file was
+    (input 1x3x320x320, first output the fused sigmoid map). BiRefNet and ISNet are not
+    buildable from a library, so U²-Net-lite stands in for rembg's sessions."""
+    import torch
+    from carvekit.ml.arch.u2net.u2net import U2NETArchitecture
+
+    class SideOutputs(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, image):
+            return tuple(self.net(image))
+
+    torch.manual_seed(seed)
+    net = SideOutputs(U2NETArchitecture(U2NET_LITE, out_ch=1)).eval()
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 320, 320),),
+        str(out_dir / "u2netp.onnx"),
+        dynamo=False,
+        input_names=["input.1"],
+        opset_version=17,
+    )
+
+
+def build_marigold_shading(out_dir: Path, seed: int) -> None:
+    """A Marigold intrinsics pipeline shaped like ``prs-eth/marigold-iid-lighting-v1-1``:
+    an SD2-style U-Net (linear projections, per-block heads) taking the image latent and three
+    target latents (16 in, 12 out), a VAE with scale factor 8, an empty-prompt CLIP encoder,
+    DDIM with v-prediction and trailing timesteps, targets albedo, shading, residual."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        MarigoldIntrinsicsPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=16,
+        out_channels=12,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4, 4, 4),
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    vocabulary = clip_byte_vocabulary()
+    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocabulary),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    )
+    pipe = MarigoldIntrinsicsPipeline(
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        prediction_type="intrinsics",
+        target_properties={
+            "target_names": ["albedo", "shading", "residual"],
+            "albedo": {"prediction_space": "srgb"},
+            "shading": {"prediction_space": "linear", "up_to_scale": True},
+            "residual": {"prediction_space": "linear", "up_to_scale": True},
+        },
+        default_denoising_steps=4,
+        default_processing_resolution=768,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
 BUILDERS = {
     "stable-diffusion": build_stable_diffusion,
     "dpt-depth": build_dpt_depth,
+    "dpt-hybrid-depth": build_dpt_hybrid_depth,
+    "dpt-beit-depth": build_dpt_beit_depth,
+    "depth-anything": build_depth_anything,
+    "tracer-saliency": build_tracer_saliency,
+    "rembg-u2netp": build_rembg_u2netp,
+    "marigold-shading": build_marigold_shading,
+    "vgg16": build_vgg16,
 }
 
 

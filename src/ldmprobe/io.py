@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -11,8 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    # A writer killed mid-write (SIGKILL, node failure) leaves its temporary behind, and no
+    # workflow rule owns it. Each output has one writer at a time, so any earlier temporary of
+    # this path is garbage by the time a new writer starts.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def _temporary_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent))
 
 
@@ -36,6 +49,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it is renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)

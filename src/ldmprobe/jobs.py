@@ -86,7 +86,9 @@ def generate(
     previews: str,
     store: str,
     meta: str,
+    capture_activations: bool = True,
 ) -> None:
+    """``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images)."""
     from .generation import GenerationSettings
     from .generation import generate as run
     from .models import ModelRef, load_diffusion_pipeline
@@ -96,7 +98,12 @@ def generate(
     pipe = load_diffusion_pipeline(
         ref, generation["scheduler"], generation["dtype"], device, allow_download
     )
-    halves = ("uncond", "cond") if generation["cfg_half"] == "both" else (generation["cfg_half"],)
+    if not capture_activations:
+        halves = ()
+    elif generation["cfg_half"] == "both":
+        halves = ("uncond", "cond")
+    else:
+        halves = (generation["cfg_half"],)
     settings = GenerationSettings(
         height=generation["height"],
         width=generation["width"],
@@ -130,10 +137,9 @@ def label(
     previews: str,
     out_path: str,
 ) -> None:
-    from .labels import TASKS, build_labeler, label_image
-    from .models import ModelRef
+    from .labels import TASKS, build_labeler, label_image, label_model_ref
 
-    ref = ModelRef.from_config(f"labels.tasks.{task}.model", task_config["model"])
+    ref = label_model_ref(task, task_config)
     options = task_config.get("options", {})
     labeler = build_labeler(
         task_config["labeler"], ref, resolve_device(device), allow_download, options

@@ -1,22 +1,40 @@
-"""Labelers: off-the-shelf models that turn an image into a per-pixel label.
+"""Labels: off-the-shelf models that turn an image into a per-pixel map, and probe targets.
 
-A labeler is registered by name and built from a model reference; ``predict`` takes RGB images
-and returns float32 maps at each image's own resolution. The task decides how a raw map becomes
-a probe target (``TASKS``): saliency maps are binarised, depth and shading stay continuous.
+Labelers are plugins registered by name (``ldmprobe.labelers``: each model's loading code and
+output convention). The task decides how a labeler's raw map becomes a probe target
+(``TASKS``, ``to_target``): saliency maps are binarised, depth and shading stay continuous.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .compat import ensure_torchvision_importable
+from .config import ConfigError
 from .io import atomic_file
-from .models import ModelRef, resolve_model
+from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
+from .labelers.depth import DPTDepth
+from .models import ModelRef
+
+__all__ = [
+    "LABELERS",
+    "TASKS",
+    "DPTDepth",
+    "LabelerUnavailable",
+    "Task",
+    "build_labeler",
+    "check_labelers",
+    "label_image",
+    "label_model_ref",
+    "load_label",
+    "load_provenance",
+    "register",
+    "to_target",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,46 +51,35 @@ TASKS = {
     "shading": Task("shading", "continuous"),
 }
 
-LABELERS: dict[str, Callable] = {}
+
+def label_model_ref(task: str, section: dict) -> ModelRef:
+    """The model of ``labels.tasks.<task>``, with the files its labeler reads from the folder."""
+    return model_ref(
+        f"labels.tasks.{task}.model",
+        section["labeler"],
+        section["model"],
+        section.get("options", {}),
+    )
 
 
-def register(name: str):
-    def decorate(factory):
-        LABELERS[name] = factory
-        return factory
+def check_labelers(tasks: dict) -> None:
+    """At parse time: every labeler's options exist and its optional packages are installed.
 
-    return decorate
-
-
-class DPTDepth:
-    """MiDaS-style DPT through transformers: relative inverse depth (larger = nearer)."""
-
-    tasks = ("depth",)
-
-    def __init__(self, ref: ModelRef, device: str, allow_download: bool = False, **_options):
-        ensure_torchvision_importable()
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        path = resolve_model(ref, allow_download)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModelForDepthEstimation.from_pretrained(path, use_safetensors=True)
-        self.model.to(device).eval()
-        self.device = device
-
-    def predict(self, images: list) -> np.ndarray:
-        import torch
-
-        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
-        with torch.no_grad():
-            depth = self.model(**inputs).predicted_depth
-        height, width = images[0].height, images[0].width
-        resized = torch.nn.functional.interpolate(
-            depth[:, None].float(), size=(height, width), mode="bicubic", align_corners=False
-        )
-        return resized[:, 0].cpu().numpy().astype(np.float32)
-
-
-register("dpt")(DPTDepth)
+    Raises ConfigError naming the config key (labeler names and tasks are checked beside the
+    other cross-key rules in ``ldmprobe.preflight``).
+    """
+    problems = []
+    for task, section in tasks.items():
+        factory = LABELERS.get(section["labeler"])
+        if factory is None:
+            continue
+        try:
+            factory.configure(section.get("options", {}))
+            factory.require()
+        except (ValueError, LabelerUnavailable) as error:
+            problems.append(f"config key 'labels.tasks.{task}': {error}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def to_target(task: Task, raw: np.ndarray, options: dict) -> np.ndarray:
@@ -95,14 +102,16 @@ def to_target(task: Task, raw: np.ndarray, options: dict) -> np.ndarray:
     raise ValueError(f"unknown normalise option {normalise!r}")
 
 
-def build_labeler(name: str, ref: ModelRef, device: str, allow_download: bool, options: dict):
+def build_labeler(
+    name: str, ref: ModelRef, device: str, allow_download: bool, options: dict
+) -> Labeler:
     if name not in LABELERS:
         raise ValueError(f"unknown labeler {name!r}; known: {sorted(LABELERS)}")
     return LABELERS[name](ref, device=device, allow_download=allow_download, **options)
 
 
 def label_image(
-    labeler,
+    labeler: Labeler,
     task: Task,
     options: dict,
     image_path: Path,
@@ -111,31 +120,37 @@ def label_image(
     provenance: dict,
     batch_size: int = 8,
 ) -> None:
-    """Label the final image and each step's preview; one .npz with targets and raw maps."""
+    """Label the final image and each step's preview; one .npz with targets and raw maps.
+
+    ``provenance`` (the model id and revision) is stored as JSON beside the maps, with the
+    labeler's own record (the resolved folder, the options in effect).
+    """
     from PIL import Image
 
-    final_raw = labeler.predict([Image.open(image_path).convert("RGB")])[0]
-    preview_raw = []
-    for start in range(0, len(preview_paths), batch_size):
-        batch = [Image.open(p).convert("RGB") for p in preview_paths[start : start + batch_size]]
-        preview_raw.extend(labeler.predict(batch))
-        log.info(
-            "labelled previews %d/%d",
-            min(start + batch_size, len(preview_paths)),
-            len(preview_paths),
-        )
-    preview_raw = (
-        np.stack(preview_raw) if preview_raw else np.zeros((0, *final_raw.shape), np.float32)
-    )
+    paths = [image_path, *preview_paths]
+    raw = []
+    for start in range(0, len(paths), batch_size):
+        batch = [Image.open(p).convert("RGB") for p in paths[start : start + batch_size]]
+        raw.extend(labeler.predict(batch))
+        log.info("labelled %d/%d images", min(start + batch_size, len(paths)), len(paths))
+    final_raw = raw[0]
+    preview_raw = np.stack(raw[1:]) if raw[1:] else np.zeros((0, *final_raw.shape), np.float32)
+    target_options = {**labeler.settings, **options}
+    record = {**provenance, "labeler_info": labeler.info}
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
-            target=to_target(task, final_raw, options),
+            target=to_target(task, final_raw, target_options),
             raw=final_raw,
-            preview_target=to_target(task, preview_raw, options),
+            preview_target=to_target(task, preview_raw, target_options),
             preview_raw=preview_raw,
-            provenance=np.array(repr(provenance)),
+            provenance=np.array(json.dumps(record, sort_keys=True, default=str)),
         )
+
+
+def load_provenance(path: str | Path) -> dict:
+    with np.load(Path(path), allow_pickle=False) as data:
+        return json.loads(str(data["provenance"]))
 
 
 def load_label(path: str | Path, producer: str = "label") -> dict[str, np.ndarray]:

@@ -24,6 +24,11 @@ class ModelRef:
     key: str  # the config key that names this model, for messages
     id: str
     revision: str | None = None
+    # Files the loader reads from the folder, each as alternatives (any one will do), for
+    # models whose weights are one file in a folder (a checkpoint, an ONNX file); with
+    # ``hint``, how to get them. Folders saved with save_pretrained need neither.
+    files: tuple[tuple[str, ...], ...] = ()
+    hint: str | None = None
 
     @classmethod
     def from_config(cls, key: str, section: dict) -> ModelRef:
@@ -34,7 +39,12 @@ class ModelRef:
 
 
 def looks_like_local_path(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or os.path.isdir(model_id)
+    # A hub id is "name" or "owner/name"; anything with more slashes can only be a folder.
+    return (
+        model_id.startswith(("/", "./", "../", "~"))
+        or model_id.count("/") > 1
+        or os.path.isdir(model_id)
+    )
 
 
 def is_inside(path: str, directory: str) -> bool:
@@ -45,11 +55,16 @@ def is_inside(path: str, directory: str) -> bool:
 
 def resolve_model(ref: ModelRef, allow_download: bool = False) -> Path:
     """Local directory holding ``ref``; downloads only when ``allow_download`` is set."""
+    path = _locate(ref, allow_download)
+    if path is None or missing_files(ref, path):
+        raise MissingModelError(missing_model_message([ref]))
+    return path
+
+
+def _locate(ref: ModelRef, allow_download: bool = False) -> Path | None:
     if looks_like_local_path(ref.id):
         path = Path(ref.id).expanduser()
-        if not path.is_dir():
-            raise MissingModelError(missing_model_message([ref]))
-        return path
+        return path if path.is_dir() else None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -59,26 +74,50 @@ def resolve_model(ref: ModelRef, allow_download: bool = False) -> Path:
                 repo_id=ref.id, revision=ref.revision, local_files_only=not allow_download
             )
         )
-    except LocalEntryNotFoundError as error:
-        raise MissingModelError(missing_model_message([ref])) from error
+    except LocalEntryNotFoundError:
+        return None
+
+
+def missing_files(ref: ModelRef, path: Path) -> list[str]:
+    """The first alternative of each of ``ref.files`` that ``path`` holds none of."""
+    return [group[0] for group in ref.files if not any((path / f).is_file() for f in group)]
+
+
+def find_file(path: Path, alternatives: tuple[str, ...]) -> Path:
+    """The first of ``alternatives`` inside ``path`` (resolve_model has checked one exists)."""
+    return next(path / f for f in alternatives if (path / f).is_file())
 
 
 def missing_model_message(refs: list[ModelRef]) -> str:
     lines = ["These models are not available offline:"]
     for ref in refs:
-        if looks_like_local_path(ref.id):
+        hint = f" {ref.hint}" if ref.hint else ""
+        path = _locate(ref)
+        absent = missing_files(ref, path) if path is not None else []
+        if path is not None and absent:
+            lines.append(
+                f"  - {ref.key}: {ref.describe()} (found at {path}) lacks {', '.join(absent)}; "
+                f"put {'them' if len(absent) > 1 else 'it'} there, or point config key "
+                f"'{ref.key}.id' at a directory that holds {'them' if len(absent) > 1 else 'it'}."
+                f"{hint}"
+            )
+        elif looks_like_local_path(ref.id):
+            holding = (
+                ", ".join(group[0] for group in ref.files) or "a model saved with save_pretrained"
+            )
             lines.append(
                 f"  - {ref.key}: local directory {ref.id!r} does not exist; point "
-                f"config key '{ref.key}.id' at a directory saved with save_pretrained."
+                f"config key '{ref.key}.id' at a directory holding {holding}.{hint}"
             )
         else:
             revision = f" --revision {ref.revision}" if ref.revision else ""
+            files = "".join(f" {group[0]}" for group in ref.files)
             lines.append(
                 f"  - {ref.key}: {ref.describe()} is not in the Hugging Face cache "
                 f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). "
-                f"Fetch it on a machine with internet: `hf download {ref.id}{revision}` "
+                f"Fetch it on a machine with internet: `hf download {ref.id}{files}{revision}` "
                 f"(then copy the cache here), or set '{ref.key}.id' to a local directory, "
-                "or set models.allow_download: true to fetch it when the job runs."
+                f"or set models.allow_download: true to fetch it when the job runs.{hint}"
             )
     return "\n".join(lines)
 

@@ -1,0 +1,309 @@
+"""Item 2, a probe-grid cell vs its I/O floor: the probe job (all tasks) vs only reading the
+cell's activations from the image stores, and the peak memory of each vs the cell's fp16 bytes.
+
+One cell per layer size. Two kinds of stores:
+
+- ``synthetic``: the real SD v1.x layer sizes (64x64x320, 32x32x640, 16x16x1280, 8x8x1280),
+  random fp16 values written through ``ldmprobe.storage.create_store``;
+- ``demo``: stores written by ``ldmprobe.generation.generate`` with the demo model at 512 px
+  (the real token counts, the demo's small channel widths).
+
+Labels are written by ``ldmprobe.labels.label_image`` (final image and every step's preview,
+as the label jobs write them) from smooth random maps. Every measurement runs in a fresh
+process (peak RSS); the read floor is measured before and after the probe job, warm cache.
+The probe job is ``ldmprobe.jobs.probe`` with one thread, as the workflow runs it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import cProfile
+import io
+import multiprocessing
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from benchlib import median, parser, peak_rss_bytes, record, rss_bytes
+
+# (layer name, token grid side, channels) of SD v1.x at 512 px, one per layer size.
+SD_SIZES = [("down0.0", 64, 320), ("down1.0", 32, 640), ("down2.0", 16, 1280), ("mid.0", 8, 1280)]
+TINY_SIZES = [("mid.0", 4, 16)]
+# The reference study's probe settings (config/config.yaml); saliency and shading as depth.
+PROBE_DEFAULTS = {"epochs": 30, "batch_images": 4, "lr": 0.001, "seed": 0}
+TASK_SETTINGS = {
+    "saliency": PROBE_DEFAULTS,
+    "depth": {
+        **PROBE_DEFAULTS,
+        "target_scaling": "fixed",
+        "target_mean": 15.740597,
+        "target_std": 9.281932,
+    },
+    "shading": PROBE_DEFAULTS,
+}
+
+
+# 60/10/30 train/val/test, interleaved so that any number of images has all three.
+SPLITS = ["train"] * 6 + ["val"] + ["test"] * 3
+
+
+class SmoothRandomLabeler:
+    """Smooth random maps at each image's size: the label files' content, not a model."""
+
+    def __init__(self, seed: int, offset: float):
+        self.generator = np.random.default_rng(seed)
+        self.offset = offset
+
+    def predict(self, images: list) -> np.ndarray:
+        import torch
+
+        height, width = images[0].height, images[0].width
+        coarse = torch.from_numpy(self.generator.standard_normal((len(images), 1, 8, 8)))
+        maps = torch.nn.functional.interpolate(
+            coarse.float(), size=(height, width), mode="bicubic", align_corners=False
+        )
+        return (maps[:, 0] + self.offset).numpy()
+
+
+def write_labels(work: Path, n_images: int, label_size: int, previews: int) -> dict:
+    """One binary label file (saliency) and one continuous (depth, shading) per image."""
+    from PIL import Image
+
+    from ldmprobe.labels import TASKS, label_image
+
+    image = work / "image.png"
+    Image.new("RGB", (label_size, label_size), (128, 128, 128)).save(image)
+    paths = {"saliency": [], "continuous": []}
+    for index in range(n_images):
+        for kind, task, offset in (("saliency", "saliency", 0.0), ("continuous", "depth", 15.7)):
+            out = work / "labels" / kind / f"{index:05d}.npz"
+            label_image(
+                SmoothRandomLabeler(index, offset),
+                TASKS[task],
+                {},
+                image,
+                [image] * previews,
+                out,
+                {"labeler": "bench"},
+                batch_size=previews or 1,
+            )
+            paths[kind].append(str(out))
+    return {
+        "saliency": paths["saliency"],
+        "depth": paths["continuous"],
+        "shading": paths["continuous"],
+    }
+
+
+def write_synthetic_stores(work: Path, n_images: int, sizes, codec: dict) -> list[str]:
+    from ldmprobe.io import atomic_directory
+    from ldmprobe.layers import Layer
+    from ldmprobe.storage import array_path, create_store
+
+    layers = [
+        Layer(name, name, name.split(".")[0], 0, order, side, side, channels).to_dict()
+        for order, (name, side, channels) in enumerate(sizes)
+    ]
+    generator = np.random.default_rng(0)
+    paths = []
+    for index in range(n_images):
+        path = work / "stores" / f"{index:05d}.zarr"
+        with atomic_directory(path) as tmp:
+            arrays = {
+                array_path("unet", "cond", name): ((1, side * side, channels), "float16")
+                for name, side, channels in sizes
+            }
+            group = create_store(tmp, arrays, codec)
+            for name, side, channels in sizes:
+                values = generator.standard_normal((side * side, channels), dtype=np.float32)
+                group[array_path("unet", "cond", name)][0] = values.astype(np.float16)
+            group.attrs.update({"steps": 1, "layers": layers})
+        paths.append(str(path))
+    return paths
+
+
+def write_demo_stores(work: Path, n_images: int, size: int, steps: int, codec: dict):
+    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.models import ModelRef, load_diffusion_pipeline
+    from ldmprobe.storage import open_store
+
+    build_demo_model("stable-diffusion", work / "model")
+    pipe = load_diffusion_pipeline(ModelRef("bench", str(work / "model")), "lms", "float32", "cpu")
+    settings = GenerationSettings(
+        height=size, width=size, steps=steps, preview_kinds=(), codec=codec
+    )
+    paths = []
+    for index in range(n_images):
+        out = work / "generation" / f"{index:05d}"
+        generate(
+            pipe,
+            f"a photo of object number {index} on a table",
+            index,
+            settings,
+            out / "image.png",
+            out / "previews",
+            out / "activations.zarr",
+            out / "meta.json",
+            {"model": "bench"},
+        )
+        paths.append(str(out / "activations.zarr"))
+    layers = open_store(paths[0]).attrs["layers"]
+    return paths, {layer["name"]: layer for layer in layers}
+
+
+def write_manifest(work: Path, stores: list[str], labels: dict) -> Path:
+    import pandas as pd
+
+    from ldmprobe.dataset import build_manifest
+
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{index:05d}" for index in range(len(stores))],
+            "seed": list(range(len(stores))),
+            "split": [SPLITS[index % 10] for index in range(len(stores))],
+        }
+    )
+    paths = {"store": stores, **{f"label_{task}": files for task, files in labels.items()}}
+    path = work / "dataset.csv"
+    build_manifest(prompts, paths, str(path))
+    return path
+
+
+def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, profile: bool):
+    """One measurement in a fresh process: the cell's read alone, or the whole probe job."""
+    import torch
+
+    from ldmprobe.cell import Cell, load_activations
+    from ldmprobe.dataset import read_manifest
+    from ldmprobe.jobs import probe
+
+    torch.set_num_threads(1)
+    settings = {task: {**values, "epochs": epochs} for task, values in TASK_SETTINGS.items()}
+    baseline = rss_bytes()
+    profiler = cProfile.Profile() if profile else None
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    if kind == "read":
+        load_activations(read_manifest(manifest), Cell("unet", "cond", layer, 0))
+    else:
+        probe(
+            manifest,
+            "unet",
+            "cond",
+            layer,
+            0,
+            settings,
+            f"{out_dir}/probe.safetensors",
+            f"{out_dir}/metrics.csv",
+            threads=1,
+        )
+    if profiler:
+        profiler.disable()
+    wall = time.perf_counter() - start
+    result = {"wall_s": wall, "baseline_rss": baseline, "peak_rss": peak_rss_bytes()}
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+        result["profile_top"] = text.getvalue().splitlines()[-16:]
+    return result
+
+
+def in_fresh_process(*args):
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(worker, *args).result()
+
+
+def measure_cell(
+    manifest: Path, layer: str, work: Path, epochs: int, profile: bool, read_again: bool
+) -> dict:
+    out = work / "probe" / layer
+    out.mkdir(parents=True, exist_ok=True)
+    reads = [in_fresh_process("read", str(manifest), layer, str(out), epochs, False)]
+    train = in_fresh_process("train", str(manifest), layer, str(out), epochs, False)
+    if read_again:
+        reads.append(in_fresh_process("read", str(manifest), layer, str(out), epochs, False))
+    results = {
+        "read_s": [round(r["wall_s"], 3) for r in reads],
+        "train_s": round(train["wall_s"], 3),
+        "read_peak_rss_bytes": max(r["peak_rss"] - r["baseline_rss"] for r in reads),
+        "train_peak_rss_bytes": train["peak_rss"] - train["baseline_rss"],
+    }
+    results["time_ratio"] = results["train_s"] / median(results["read_s"])
+    if profile:
+        profiled = in_fresh_process("train", str(manifest), layer, str(out), epochs, True)
+        results["profile_top"] = profiled["profile_top"]
+    return results
+
+
+def main(argv=None) -> None:
+    args = parser(__doc__.split("\n\n")[0])
+    args.add_argument("--images", type=int, default=48)
+    args.add_argument("--sources", nargs="+", default=["synthetic", "demo"])
+    args.add_argument("--label-size", type=int, default=512, help="label resolution (px)")
+    args.add_argument("--previews", type=int, default=15, help="preview labels per file")
+    args.add_argument("--epochs", type=int, default=PROBE_DEFAULTS["epochs"])
+    args.add_argument("--profile", action="store_true", help="add a cProfile of each job")
+    args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
+    options = args.parse_args(argv)
+    if options.tiny:
+        options.images, options.label_size, options.previews, options.epochs = 10, 64, 2, 2
+        options.sources = ["synthetic"]
+    sizes = TINY_SIZES if options.tiny else SD_SIZES
+    codec = {"name": "blosc-zstd", "level": 3}
+
+    from ldmprobe.jobs import setup_logging
+
+    setup_logging(None)
+    import logging
+
+    logging.getLogger("ldmprobe").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-probe-", dir=options.work) as tmp:
+        work = Path(tmp)
+        labels = write_labels(work, options.images, options.label_size, options.previews)
+        for source in options.sources:
+            source_dir = work / source
+            if source == "synthetic":
+                stores = write_synthetic_stores(source_dir, options.images, sizes, codec)
+                cells = [(name, side, side, channels) for name, side, channels in sizes]
+            else:
+                stores, layers = write_demo_stores(
+                    source_dir, options.images, options.label_size, 2, codec
+                )
+                cells = [
+                    (name, layers[name]["height"], layers[name]["width"], layers[name]["channels"])
+                    for name, _side, _channels in sizes
+                ]
+            manifest = write_manifest(source_dir, stores, labels)
+            for name, height, width, channels in cells:
+                results = measure_cell(
+                    manifest, name, source_dir, options.epochs, options.profile, not options.tiny
+                )
+                fp16 = options.images * height * width * channels * 2
+                results.update(
+                    cell_fp16_bytes=fp16,
+                    train_memory_ratio=results["train_peak_rss_bytes"] / fp16,
+                    read_memory_ratio=results["read_peak_rss_bytes"] / fp16,
+                )
+                config = {
+                    "source": source,
+                    "layer": name,
+                    "tokens": height * width,
+                    "channels": channels,
+                    "images": options.images,
+                    "tasks": list(TASK_SETTINGS),
+                    "epochs": options.epochs,
+                    "label_size": options.label_size,
+                    "previews": options.previews,
+                    "codec": codec,
+                    "tiny": options.tiny,
+                }
+                record(options.results_dir, "probe_cell", "cpu", config, results)
+
+
+if __name__ == "__main__":
+    main()

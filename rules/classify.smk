@@ -1,0 +1,146 @@
+# VGG-16 over the denoising steps (the UCSD study's second experiment): images of prompts that
+# name ImageNet classes, every step's previews and the final image through an ImageNet
+# classifier, then when the target class is first (and stays) top-1 / top-k.
+# The images live under results/classification/ because their prompt table is not the probing
+# study's, and they need xt previews but no activations.
+include: "classify_common.smk"
+
+
+rule classification:
+    input:
+        lambda wildcards: classification_outputs()
+        or fail(
+            "target 'classification' needs classification.enabled: true in the config"
+        ),
+
+
+rule classify_generate:
+    input:
+        model_input(CONFIG["models"]["diffusion"]),
+    output:
+        image=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/image.png",
+        previews=directory(f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/previews"),
+        latents=directory(f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/latents.zarr"),
+        meta=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/meta.json",
+    log:
+        f"{LOGS}/classify_generate/{{prompt_id}}/{{seed}}.log",
+    conda:
+        "../envs/generate.yaml"
+    resources:
+        gpu=gpu_count(CONFIG["generation"]["device"]),
+    params:
+        prompt=lambda wildcards: classification_row(wildcards)["prompt"],
+        model=CONFIG["models"]["diffusion"],
+        allow_download=ALLOW_DOWNLOAD,
+        generation=CLASSIFY_GENERATION,
+    script:
+        "../scripts/classify_generate.py"
+
+
+rule classify:
+    input:
+        image=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/image.png",
+        previews=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/previews",
+        meta=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/meta.json",
+        model=model_input(CLASSIFICATION["model"]),
+    output:
+        topk=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/topk.csv",
+        curves=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/curves.csv",
+    log:
+        f"{LOGS}/classify/{{prompt_id}}/{{seed}}.log",
+    conda:
+        "../envs/labels.yaml"
+    resources:
+        gpu=gpu_count(CLASSIFICATION["device"]),
+    params:
+        target=lambda wildcards: int(classification_row(wildcards)["class_index"]),
+        model=CLASSIFICATION["model"],
+        allow_download=ALLOW_DOWNLOAD,
+        device=CLASSIFICATION["device"],
+        batch_size=CLASSIFICATION["batch_size"],
+        top_k=CLASSIFICATION["top_k"],
+        kinds=CLASSIFICATION["preview_kinds"],
+    script:
+        "../scripts/classify.py"
+
+
+rule classify_summary:
+    input:
+        curves=lambda wildcards: classification_images(
+            f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/curves.csv"
+        ),
+    output:
+        first=report(
+            f"{CLASSIFY}/tables/first_correct.csv",
+            caption="../report/classify_first_correct_table.rst",
+            category="Classification",
+            subcategory="tables",
+        ),
+        final=f"{CLASSIFY}/tables/final_images.csv",
+        summary=report(
+            f"{CLASSIFY}/tables/summary.csv",
+            caption="../report/classify_summary.rst",
+            category="Classification",
+            subcategory="tables",
+        ),
+    log:
+        f"{LOGS}/classify_summary.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        top_k=CLASSIFICATION["top_k"],
+        metrics=CONFIG["metrics"],
+    script:
+        "../scripts/classify_summary.py"
+
+
+rule classify_topk_figure:
+    input:
+        topk=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/topk.csv",
+        curves=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/curves.csv",
+        previews=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/previews",
+        image=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/image.png",
+    output:
+        report(
+            f"{CLASSIFY}/figures/topk/{{prompt_id}}/{{seed}}.png",
+            caption="../report/classify_topk.rst",
+            category="Classification",
+            subcategory="top-k over the steps",
+            labels={"prompt": "{prompt_id}", "seed": "{seed}"},
+        ),
+    log:
+        f"{LOGS}/classify_topk_figure/{{prompt_id}}/{{seed}}.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        prompt=lambda wildcards: classification_row(wildcards)["prompt"],
+        note=random_weights_note(),
+    script:
+        "../scripts/classify_topk_figure.py"
+
+
+rule classify_first_correct_figure:
+    input:
+        first=f"{CLASSIFY}/tables/first_correct.csv",
+        summary=f"{CLASSIFY}/tables/summary.csv",
+        # The probes' emergence steps, drawn beside the classifier's when asked for.
+        emergence=(
+            [f"{RESULTS}/tables/emergence.csv"]
+            if CLASSIFICATION["compare_with_probes"]
+            else []
+        ),
+    output:
+        report(
+            f"{CLASSIFY}/figures/first_correct.png",
+            caption="../report/classify_first_correct.rst",
+            category="Classification",
+            subcategory="first correct step",
+        ),
+    log:
+        f"{LOGS}/classify_first_correct_figure.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        note=random_weights_note(),
+    script:
+        "../scripts/classify_first_correct_figure.py"

@@ -1,0 +1,12 @@
+from ldmprobe import jobs
+from ldmprobe.classify import summary_job
+
+jobs.setup_logging(snakemake.log[0])
+summary_job(
+    curves_paths=list(snakemake.input.curves),
+    top_k=snakemake.params.top_k,
+    metrics=snakemake.params.metrics,
+    first_path=snakemake.output.first,
+    final_path=snakemake.output.final,
+    summary_path=snakemake.output.summary,
+)

@@ -1,0 +1,80 @@
+"""The whole workflow on a tiny study: outputs, report, and which jobs a change reruns."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import zarr
+from workflow import jobs_to_run, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    config = tiny_config(workdir)
+    run_snakemake(workdir, config)
+    return workdir, config
+
+
+def test_outputs_of_every_stage(study):
+    workdir, _ = study
+    results = workdir / "results"
+    meta = json.loads((results / "generation/lemon/101/meta.json").read_text())
+    assert meta["unet_calls"] == 15 and len(meta["layers"]) == 16
+    store = zarr.open_group(str(results / "generation/lemon/101/activations.zarr"), mode="r")
+    assert store["unet/cond/up3.2"].shape == (15, 64, 32)  # 8x8 tokens at 64 px
+    summary = pd.read_csv(results / "tables/metrics.csv")
+    assert list(summary.columns) == [
+        "model", "source", "task", "block", "layer", "layer_order", "step", "metric",
+        "mean", "ci_low", "ci_high", "n",
+    ]  # fmt: skip
+    cells = summary[["layer", "step"]].drop_duplicates()
+    assert sorted(map(tuple, cells.to_numpy())) == [
+        ("down0.0", 0), ("down0.0", 14), ("down2.1", 0), ("down2.1", 14), ("up3.2", 0), ("up3.2", 14)
+    ]  # fmt: skip
+    assert set(summary.metric) == {"spearman", "pearson", "rmse"}
+    assert (summary.n == 2).all()  # two test images
+    assert (summary.ci_low <= summary["mean"]).all() and (summary["mean"] <= summary.ci_high).all()
+    for name in ("heatmap/depth-spearman.png", "curves/depth-rmse.png", "examples/depth.png"):
+        assert (results / "figures" / name).stat().st_size > 5_000
+    assert not list(results.rglob(".*tmp-*")), "temporary files left behind"
+
+
+def test_report(study):
+    workdir, config = study
+    run_snakemake(workdir, config, "--report", "results/report.html")
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    for text in ("heatmap", "examples", "metrics.csv", "resources/demo-models/stable-diffusion"):
+        assert text in html
+
+
+def test_nothing_to_do_after_a_complete_run(study):
+    workdir, config = study
+    assert jobs_to_run(run_snakemake(workdir, config, "-n")) == {}
+
+
+def test_probe_hyperparameter_reruns_only_downstream_of_probes(study):
+    workdir, _ = study
+    changed = tiny_config(workdir, probe__defaults={"epochs": 6})
+    counts = jobs_to_run(run_snakemake(workdir, changed, "-n"))
+    assert set(counts) == {"probe", "aggregate", "figure", "examples", "all"}
+    assert counts["probe"] == 6
+    tiny_config(workdir)  # restore for the other tests
+
+
+def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):
+    workdir, _ = study
+    prompts = workdir / "prompts.csv"
+    original = prompts.read_text()
+    try:
+        prompts.write_text(original + "kite,a red kite in a blue sky,777,train\n")
+        counts = jobs_to_run(run_snakemake(workdir, workdir / "config.yaml", "-n"))
+    finally:
+        prompts.write_text(original)
+    assert counts["generate"] == 1 and counts["label"] == 1
+    assert counts["dataset"] == 1 and counts["probe"] == 6
+    assert "layer_table" not in counts and "demo_model" not in counts
