@@ -3,6 +3,7 @@
 import json
 
 from ldmprobe.config import ConfigError, probe_settings, validate_config
+from ldmprobe.labels import check_labelers, label_model_ref
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.preflight import DiskSpaceError, check_consistency, disk_preflight
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
@@ -47,25 +48,33 @@ def built_by_workflow(model):
 
 
 def model_refs():
-    refs = [("models.diffusion", CONFIG["models"]["diffusion"])]
+    """(reference, config section) of every configured model; a labeler's reference names
+    the files it reads from the folder and how to get them."""
+    diffusion = CONFIG["models"]["diffusion"]
+    refs = [(ModelRef.from_config("models.diffusion", diffusion), diffusion)]
     for task, section in CONFIG["labels"]["tasks"].items():
-        refs.append((f"labels.tasks.{task}.model", section["model"]))
+        refs.append((label_model_ref(task, section), section["model"]))
     if CONFIG["classification"]["enabled"]:
-        refs.append(("classification.model", CONFIG["classification"]["model"]))
+        model = CONFIG["classification"]["model"]
+        refs.append((ModelRef.from_config("classification.model", model), model))
     return refs
 
 
+# One message for everything missing: labeler packages (with their install command) and models.
+_missing = []
+try:
+    check_labelers(CONFIG["labels"]["tasks"])
+except ConfigError as error:
+    _missing.append(str(error))
 try:
     preflight(
-        [
-            ModelRef.from_config(key, model)
-            for key, model in model_refs()
-            if not built_by_workflow(model)
-        ],
+        [ref for ref, model in model_refs() if not built_by_workflow(model)],
         ALLOW_DOWNLOAD,
     )
 except MissingModelError as error:
-    fail(error)
+    _missing.append(str(error))
+if _missing:
+    fail("\n".join(_missing))
 
 
 def model_input(model):

@@ -41,6 +41,9 @@ def tiny_config(workdir: Path, **overrides) -> Path:
     config["probe"]["defaults"]["epochs"] = 5
     config["metrics"]["bootstrap_resamples"] = 200
     config["figures"]["example_images"] = 1
+    # One task keeps the tiny study to one label job per image; the saliency and shading
+    # labelers of the demo are tested through the label job in tests/test_labelers.py.
+    config["labels"]["tasks"] = {"depth": config["labels"]["tasks"]["depth"]}
     # The VGG-16 experiment has its own workflow test (tests/test_classify.py).
     config["classification"]["enabled"] = False
     merged = copy.deepcopy(config)

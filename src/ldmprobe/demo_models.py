@@ -38,25 +38,60 @@ def clip_byte_vocabulary() -> dict[str, int]:
 
 
 def build_stable_diffusion(out_dir: Path, seed: int) -> None:
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        LMSDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
+    """SD v1.x: conv projections in the transformers, one head width, LMS, epsilon, 512 px."""
+    from diffusers import LMSDiscreteScheduler
+
+    # The reference scheduler settings of SD v1.x (REFERENCE.md).
+    scheduler = LMSDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
     )
+    save_stable_diffusion(out_dir, seed, {"sample_size": 64, "attention_head_dim": 8}, scheduler)
+
+
+def build_stable_diffusion_2(out_dir: Path, seed: int) -> None:
+    """SD v2.1 (768 px, ``stabilityai/stable-diffusion-2-1``): linear projections in the
+    transformers, heads per block, attention upcast to fp32, DDIM with v-prediction."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    unet = {
+        "sample_size": 96,
+        "attention_head_dim": (2, 4, 4, 4),
+        "use_linear_projection": True,
+        "upcast_attention": True,
+    }
+    save_stable_diffusion(out_dir, seed, unet, scheduler, image_size=768)
+
+
+def save_stable_diffusion(
+    out_dir: Path, seed: int, unet_options: dict, scheduler, image_size: int = 512
+) -> None:
+    """A small pipeline with SD's block types: every self-attention layer and token grid."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=64,
         block_out_channels=(32, 64, 64, 64),
         layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=32,
-        attention_head_dim=8,
         norm_num_groups=8,
+        **unet_options,
     )
     vae = AutoencoderKL(
         block_out_channels=(8, 16, 32, 32),
@@ -65,7 +100,7 @@ def build_stable_diffusion(out_dir: Path, seed: int) -> None:
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
-        sample_size=512,
+        sample_size=image_size,
     )
     vocabulary = clip_byte_vocabulary()
     tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
@@ -81,14 +116,6 @@ def build_stable_diffusion(out_dir: Path, seed: int) -> None:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-    )
-    # The reference scheduler settings of SD v1.x (REFERENCE.md).
-    scheduler = LMSDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -398,6 +425,7 @@ def build_marigold_shading(out_dir: Path, seed: int) -> None:
 
 BUILDERS = {
     "stable-diffusion": build_stable_diffusion,
+    "stable-diffusion-2": build_stable_diffusion_2,
     "dpt-depth": build_dpt_depth,
     "dpt-hybrid-depth": build_dpt_hybrid_depth,
     "dpt-beit-depth": build_dpt_beit_depth,

@@ -126,7 +126,8 @@ def resize_maps(maps, height: int, width: int, mode: str) -> np.ndarray:
 def model_ref(key: str, labeler: str, model: dict, options: dict) -> ModelRef:
     """The reference of a labeler's model, naming the files that labeler reads from it."""
     factory = LABELERS[labeler]
-    settings = factory.configure(options)
+    # Unknown options are reported by check_labelers at parse time and when the labeler is built.
+    settings = {**factory.options, **options}
     return ModelRef(
         key=key,
         id=str(model["id"]),

@@ -116,7 +116,7 @@ class IntrinsicShading(Labeler):
     tasks = ("shading",)
     options = {"weights": "final_weights.pt", "normalise": "none"}
     requires = ("intrinsic.pipeline", "chrislib", "altered_midas")
-    install = "pip install git+https://github.com/compphoto/Intrinsic"
+    install = "pip install git+https://github.com/compphoto/Intrinsic@v1.0"
 
     @classmethod
     def weight_files(cls, settings: dict) -> tuple[tuple[str, ...], ...]:
