@@ -89,7 +89,11 @@ rule classify_summary:
         "../envs/probes.yaml"
     params:
         top_k=CLASSIFICATION["top_k"],
-        metrics=CONFIG["metrics"],
+        # Only the bootstrap's settings: other metrics keys must not rerun this job.
+        metrics={
+            key: CONFIG["metrics"][key]
+            for key in ("bootstrap_resamples", "ci_level", "seed")
+        },
     script:
         "../scripts/classify_summary.py"
 

@@ -23,6 +23,7 @@ from ldmprobe.classify import (
     curves_table,
     final_table,
     first_correct_figure,
+    first_correct_figure_job,
     first_correct_table,
     imagenet_classes,
     load_classification_prompts,
@@ -32,6 +33,7 @@ from ldmprobe.classify import (
     top_k_table,
     topk_figure,
 )
+from ldmprobe.io import write_csv
 from ldmprobe.metrics import bootstrap_ci
 from ldmprobe.models import MissingModelError, ModelRef
 from ldmprobe.prompts import PromptTableError
@@ -196,20 +198,72 @@ def test_summary_over_images(constructed):
 def test_first_correct_figure_with_probe_emergence(constructed, tmp_path):
     first = first_correct_table(constructed, [1, 5])
     summary = summary_table(first, final_table(constructed), [1, 5], n_resamples=50)
+    # Shaped like results/tables/emergence.csv: one row per (task, layer, source, metric).
+    rows = [
+        ("depth", "up3.2", "unet", "spearman", 2, 1, 3),
+        ("depth", "mid.0", "unet", "spearman", None, None, None),  # never emerges
+        ("depth", "up3.2", "unet", "rmse", 4, 3, 5),  # not the headline metric of depth
+        ("depth", "preview", "labeler", "spearman", 3, 2, 4),
+        ("saliency", "up3.2", "unet", "dice", 3, 2, 5),
+    ]
     emergence = pd.DataFrame(
-        {
-            "task": ["depth", "depth", "saliency"],
-            "layer": ["up3.2", "mid.0", "up3.2"],
-            "source": ["unet"] * 3,
-            "step": [2, None, 3],
-            "ci_low": [1, None, 2],
-            "ci_high": [3, None, 5],
-        }
+        rows, columns=["task", "layer", "source", "metric", "step", "ci_low", "ci_high"]
     )
     without, beside = tmp_path / "without.png", tmp_path / "beside.png"
-    first_correct_figure(first, summary, without)
-    first_correct_figure(first, summary, beside, emergence, note="constructed")
-    assert Image.open(beside).size[1] > Image.open(without).size[1]  # two more rows
+    classifier_rows = first_correct_figure(first, summary, without)
+    assert classifier_rows == [
+        "classifier on x0, top-1 (2/3 settle)",
+        "classifier on x0, top-5 (3/3 settle)",
+        "classifier on xt, top-1 (2/3 settle)",
+        "classifier on xt, top-5 (3/3 settle)",
+    ]
+    labels = first_correct_figure(first, summary, beside, emergence, note="constructed")
+    assert labels == [
+        *classifier_rows,
+        "depth emergence (labeler, spearman), 1 layer",
+        "depth emergence (unet, spearman), 2 layers",
+        "saliency emergence (unet, dice), 1 layer",
+    ]
+    assert Image.open(beside).size[1] > Image.open(without).size[1]
+    # The brief's minimal table (no metric column) draws too; a table without steps does not.
+    minimal = emergence[emergence["metric"] != "rmse"].drop(columns="metric")
+    assert first_correct_figure(first, summary, tmp_path / "minimal.png", minimal)[-1] == (
+        "saliency emergence (unet), 1 layer"
+    )
+    with pytest.raises(ValueError, match=r"lacks the columns \['step'\]"):
+        first_correct_figure(first, summary, tmp_path / "bad.png", minimal.drop(columns="step"))
+
+
+def test_first_correct_figure_job_reads_the_emergence_table(constructed, tmp_path):
+    """The job as the rule runs it: tables from CSV, steps that never emerge written empty."""
+    first = first_correct_table(constructed, [1, 5])
+    summary = summary_table(first, final_table(constructed), [1, 5], n_resamples=50)
+    first_path, summary_path = tmp_path / "first.csv", tmp_path / "summary.csv"
+    write_csv(first_path, first)
+    write_csv(summary_path, summary)
+    emergence = pd.DataFrame(
+        {
+            "task": ["depth", "depth"],
+            "layer": ["up3.2", "mid.0"],
+            "source": ["unet", "unet"],
+            "metric": ["spearman", "spearman"],
+            "step": pd.array([2, None], dtype="Int64"),
+            "ci_low": pd.array([1, None], dtype="Int64"),
+            "ci_high": pd.array([3, None], dtype="Int64"),
+        }
+    )
+    emergence_path = tmp_path / "emergence.csv"
+    write_csv(emergence_path, emergence)
+    out = tmp_path / "figure.png"
+    first_correct_figure_job(
+        str(first_path), str(summary_path), str(emergence_path), "note", str(out)
+    )
+    assert Image.open(out).size[1] > 400
+    write_csv(emergence_path, emergence.drop(columns=["ci_low", "ci_high"]))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(emergence_path))}: .*lacks the columns"):
+        first_correct_figure_job(
+            str(first_path), str(summary_path), str(emergence_path), "", str(out)
+        )
 
 
 def test_topk_figure(tmp_path):
@@ -462,7 +516,7 @@ def test_workflow_classifies_every_step(tmp_path):
         tmp_path,
         classification__enabled=True,
         classification__prompts={"files": [{"path": str(table)}]},
-        generation__steps=5,
+        generation__steps=3,
     )
     run_snakemake(tmp_path, config, "classification")
     results = tmp_path / "results" / "classification"
@@ -472,10 +526,10 @@ def test_workflow_classifies_every_step(tmp_path):
     assert json.loads((results / "generation/lemon/11/meta.json").read_text())["cfg_halves"] == []
 
     topk = pd.read_csv(results / "predictions/orange/22/topk.csv")
-    assert len(topk) == (2 * 5 + 1) * 5
+    assert len(topk) == (2 * 3 + 1) * 5
     curves = pd.read_csv(results / "predictions/orange/22/curves.csv")
     target = curves[curves["is_target"]]
-    assert (target["class_index"] == 950).all() and len(target) == 2 * 5 + 1
+    assert (target["class_index"] == 950).all() and len(target) == 2 * 3 + 1
 
     first = pd.read_csv(results / "tables/first_correct.csv")
     assert len(first) == 2 * 2 * 2 and set(first["criterion"]) == {"top1", "top5"}
@@ -486,6 +540,13 @@ def test_workflow_classifies_every_step(tmp_path):
     assert set(summary["target"]) == {"all", "lemon", "orange"}
     final = pd.read_csv(results / "tables/final_images.csv")
     assert final["class_index"].tolist() == [951, 950]
+    # The final image's target probability, from the per-image curves to the summary.
+    final_target = target[target["kind"] == FINAL]["probability"]
+    assert final.loc[1, "probability"] == pytest.approx(final_target.item())
+    mean_final = summary[
+        (summary["statistic"] == "final_probability") & (summary["target"] == "all")
+    ]["mean"]
+    assert float(mean_final.item()) == pytest.approx(final["probability"].mean())
     for name in ("topk/lemon/11.png", "topk/orange/22.png", "first_correct.png"):
         assert (results / "figures" / name).stat().st_size > 5_000
     assert not list(results.rglob(".*tmp-*")), "temporary files left behind"

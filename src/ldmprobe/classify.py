@@ -546,16 +546,48 @@ def topk_figure(
     _save(fig, out_path)
 
 
+# Per task, the emergence table's metric drawn beside the classifier: the one the probes'
+# comparison uses (Dice for binary tasks, Spearman for continuous ones), else the first listed.
+EMERGENCE_METRICS = ("dice", "spearman")
+EMERGENCE_REQUIRED = ("task", "layer", "source", "step", "ci_low", "ci_high")
+
+
+def emergence_groups(emergence: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """The emergence table's rows to draw, one group (task, source, metric) per figure row.
+
+    One metric per task: a table with several metrics per curve (the probes' table has one row
+    per layer, source and metric) would otherwise draw the same layers several times. Without a
+    ``metric`` column the metric is ``""``.
+    """
+    missing = [column for column in EMERGENCE_REQUIRED if column not in emergence.columns]
+    if missing:
+        raise ValueError(
+            f"the emergence table lacks the columns {missing} (it has {list(emergence.columns)})"
+        )
+    if "metric" not in emergence.columns:
+        emergence = emergence.assign(metric="")
+    groups = []
+    for task, rows in emergence.groupby("task", sort=True):
+        listed = list(dict.fromkeys(rows["metric"]))
+        metric = next((m for m in EMERGENCE_METRICS if m in listed), listed[0])
+        chosen = rows[rows["metric"] == metric]
+        for source, group in chosen.groupby("source", sort=True):
+            groups.append(((task, source, metric), group))
+    return groups
+
+
 def first_correct_figure(
     first: pd.DataFrame,
     summary: pd.DataFrame,
     out_path: Path,
     emergence: pd.DataFrame | None = None,
     note: str = "",
-) -> None:
+) -> list[str]:
     """Per preview kind and criterion, every image's first-correct step (a dot; "never" right of
     the last step) with the mean and its bootstrap interval; below, when given, the probes'
-    emergence steps per task and layer with their intervals, on the same step axis."""
+    emergence steps per task and layer with their intervals, on the same step axis.
+
+    Returns the labels of the figure's rows, top to bottom."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -577,11 +609,12 @@ def first_correct_figure(
         label = f"classifier on {kind}, {k} ({settled}/{len(steps)} settle)"
         rows.append((label, steps, stats, "tab:blue"))
     if emergence is not None:
-        for (task, source), group in emergence.groupby(["task", "source"], sort=True):
+        for (task, source, metric), group in emergence_groups(emergence):
             steps = pd.to_numeric(group["step"], errors="coerce").to_numpy(dtype=np.float64)
             low = pd.to_numeric(group["ci_low"], errors="coerce").to_numpy(dtype=np.float64)
             high = pd.to_numeric(group["ci_high"], errors="coerce").to_numpy(dtype=np.float64)
-            label = f"probe {task} ({source}), per layer"
+            what = f"{source}, {metric}" if metric else source
+            label = f"{task} emergence ({what}), {len(group)} layer{'s' * (len(group) != 1)}"
             rows.append((label, steps, (low, high), "tab:orange"))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(rows)))
     rng = np.random.default_rng(0)
@@ -609,12 +642,16 @@ def first_correct_figure(
     ax.set_xticks([*range(n_steps), never], [*map(str, range(n_steps)), "never"], fontsize=7)
     ax.set_xlim(-0.5, never + 0.5)
     ax.axvline(n_steps - 0.25, color="0.6", lw=0.8, ls=":")
-    ax.set_xlabel("first step from which the target stays correct (U-Net call)")
+    xlabel = "first step from which the target stays correct (U-Net call)"
+    if emergence is not None:
+        xlabel += "; probes: emergence step"
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(
         "When does the classifier see the object?" + (f"\n{note}" if note else ""), fontsize=10
     )
     _save(fig, out_path)
+    return [label for label, *_ in rows]
 
 
 def _save(fig, path: Path) -> None:
@@ -715,7 +752,14 @@ def first_correct_figure_job(
     note: str,
     out_path: str,
 ) -> None:
-    emergence = pd.read_csv(emergence_path) if emergence_path else None
-    first_correct_figure(
+    emergence = None
+    if emergence_path:
+        emergence = pd.read_csv(emergence_path)
+        try:
+            emergence_groups(emergence)
+        except ValueError as error:
+            raise ValueError(f"{emergence_path}: {error}") from None
+    rows = first_correct_figure(
         pd.read_csv(first_path), pd.read_csv(summary_path), Path(out_path), emergence, note
     )
+    log.info("rows of the figure: %s", rows)
