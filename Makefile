@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 8
 
-.PHONY: install demo report test lint format clean
+.PHONY: install demo report test lint format clean bench bench-gpu
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -21,6 +21,19 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -n 2 tests
+
+# Benchmarks (bench/, BENCHMARKS.md): each script appends records to bench/results/, then
+# report.py rewrites BENCHMARKS.md's tables. `bench` is the CPU set; `bench-gpu` the full-size
+# SD v1.x rows, on a machine with a CUDA GPU.
+bench: install
+	cd bench && $(abspath $(PY)) bench_unet_calls.py && $(abspath $(PY)) bench_storage.py \
+		&& $(abspath $(PY)) bench_dump.py && $(abspath $(PY)) bench_probe.py && $(abspath $(PY)) bench_dag.py \
+		&& $(abspath $(PY)) bench_demo.py && $(abspath $(PY)) report.py
+
+bench-gpu: install
+	cd bench && $(abspath $(PY)) bench_dump.py --full-size --device cuda \
+		&& $(abspath $(PY)) bench_storage.py --full-size --device cuda --images 2 \
+		&& $(abspath $(PY)) bench_probe.py --sources synthetic && $(abspath $(PY)) report.py
 
 lint: install
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml

@@ -1,15 +1,18 @@
 """Item 4, DAG scale: ``snakemake -n`` time and peak memory for the reference grid (every
 layer x every step) with large prompt tables.
 
-The reference config (config/config.yaml) needs SD weights at parse time (preflight), so the
-model ids point at the demo architecture (the same 16 self-attention layers, 15 U-Net calls,
-512 px) saved into a temp dir; the layer_table checkpoint runs once, so the dry run sees the
-whole grid. Prompt tables are generated, without a split column (splits come from the ids).
+The reference config (config/config.yaml) needs the real weights at parse time (preflight), so
+the model ids point at the demo architectures in a temp ``models.demo_dir`` (the same 16
+self-attention layers, 15 U-Net calls, 512 px), which the workflow builds; the layer_table
+checkpoint runs once, so the dry run sees the whole grid. Prompt tables are generated in the
+config's layout (files, columns, splits).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pstats
 import sys
 import tempfile
 from pathlib import Path
@@ -19,29 +22,53 @@ from benchlib import REPO, load, measure_command, parser, record
 
 from ldmprobe.config import load_schema
 
+# The demo model (ldmprobe.demo_models) of each labeler's architecture.
+DEMO_LABELERS = {
+    "dpt": "dpt-depth",
+    "tracer": "tracer-saliency",
+    "marigold": "marigold-shading",
+    "rembg": "rembg-u2netp",
+}
 
-def write_prompts(path: Path, count: int) -> None:
-    lines = ["prompt_id,prompt,seed"]
-    lines += [f'p{i:06d},"a photo of object {i}, on a table",{1000 + i}' for i in range(count)]
-    path.write_text("\n".join(lines) + "\n")
 
+def write_config(work: Path, count: int) -> Path:
+    """The reference config with ``count`` generated prompts and the demo architecture.
 
-def write_config(work: Path, prompts: Path) -> Path:
+    The prompts are spread over the config's prompt files (the reference has a train and a
+    test table, each entry naming its split), written with the config's column names.
+    """
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["prompts"]["files"] = [{"path": str(prompts)}]
-    config["models"]["diffusion"]["id"] = str(work / "models" / "stable-diffusion")
-    config["labels"]["tasks"]["depth"]["model"]["id"] = str(work / "models" / "dpt-depth")
+    columns = config["prompts"]["columns"]
+    entries = config["prompts"]["files"]
+    files = []
+    for index, entry in enumerate(entries):
+        path = work / f"prompts-{count}-{index}.csv"
+        ids = range(index, count, len(entries))
+        lines = [f"{columns['id']},{columns['prompt']},{columns['seed']}"]
+        lines += [f'{i},"a photo of object {i}, on a table",{1000 + i}' for i in ids]
+        path.write_text("\n".join(lines) + "\n")
+        files.append({**entry, "path": str(path)})
+    config["prompts"]["files"] = files
+    # Models inside models.demo_dir are built by the workflow (rules/models.smk), not looked
+    # up in the Hugging Face cache: the same architectures, no weights needed.
+    demo_dir = work / "models"
+    config["models"]["demo_dir"] = str(demo_dir)
+    config["models"]["diffusion"]["id"] = str(demo_dir / "stable-diffusion")
+    for task in config["labels"]["tasks"].values():
+        task["model"]["id"] = str(demo_dir / DEMO_LABELERS[task["labeler"]])
     if "preflight" in load_schema()["properties"]:
         # A dry run writes nothing; the reference study's terabytes need not fit in /tmp.
         config["preflight"] = {"check_free_space": False}
-    path = work / f"config-{prompts.stem}.yaml"
+    path = work / f"config-{count}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def snakemake(work: Path, config: Path, *args: str) -> list[str]:
+def snakemake(work: Path, config: Path, *args: str, profile: Path | None = None) -> list[str]:
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     return [
         sys.executable,
+        *profiler,
         "-m",
         "snakemake",
         "--snakefile",
@@ -74,20 +101,18 @@ def main(argv=None) -> None:
     args = parser(__doc__.split("\n\n")[0])
     args.add_argument("--prompts", type=int, nargs="+", default=[1000, 10000])
     args.add_argument("--reps", type=int, default=2, help="dry runs per table size")
+    args.add_argument(
+        "--profile", action="store_true", help="one more dry run under cProfile: where time goes"
+    )
     options = args.parse_args(argv)
     counts, reps = ([20], 1) if options.tiny else (options.prompts, options.reps)
-
-    from ldmprobe.demo_models import build_demo_model
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         work = Path(tmp)
-        for kind in ("stable-diffusion", "dpt-depth"):
-            build_demo_model(kind, work / "models" / kind)
         configs = {}
         for count in counts:
-            write_prompts(work / f"prompts-{count}.csv", count)
-            configs[count] = write_config(work, work / f"prompts-{count}.csv")
+            configs[count] = write_config(work, count)
         checkpoint = measure_command(
             snakemake(work, configs[counts[0]], "results/model/layers.json"), env=env
         )
@@ -122,7 +147,23 @@ def main(argv=None) -> None:
                 "target_s": 10 if count == 1000 else None,
                 "tiny": options.tiny,
             }
+            if options.profile:
+                results["profile_top"] = profile_dry_run(work, configs[count], env)
             record(options.results_dir, "dag_scale", "cpu", config, results)
+
+
+def profile_dry_run(work: Path, config: Path, env: dict, top: int = 60) -> list[str]:
+    """Where one dry run's time goes (cProfile, own process): the functions with the most
+    cumulative time, then the most own time; the import machinery's frames are left out."""
+    out = work / "dry-run.prof"
+    done = measure_command(snakemake(work, config, "-n", profile=out), env=env)
+    if done["rc"] != 0:
+        raise RuntimeError(f"profiled dry run failed:\n{done['stderr'][-3000:]}")
+    text = io.StringIO()
+    stats = pstats.Stats(str(out), stream=text)
+    stats.sort_stats("cumulative").print_stats(r"^(?!<frozen)", top)
+    stats.sort_stats("tottime").print_stats(top // 3)
+    return [line for line in text.getvalue().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class SmoothRandomLabeler:
     def __init__(self, seed: int, offset: float):
         self.generator = np.random.default_rng(seed)
         self.offset = offset
+        # What label_image reads from every labeler: its options in effect and provenance.
+        self.settings: dict = {}
+        self.info = {"labeler": "smooth random maps", "seed": seed}
 
     def predict(self, images: list) -> np.ndarray:
         import torch

@@ -1,8 +1,9 @@
 """What every benchmark shares: the machine it ran on, result records, timing, memory.
 
 Each benchmark appends JSON lines to ``<results>/<bench>.jsonl``; one record per measured
-configuration, with the machine description beside the numbers, so ``report.py`` can say
-which machine each row of BENCHMARKS.md came from.
+configuration, with the machine description and its load average (1, 5, 15 min, when the
+record was written) beside the numbers, so ``report.py`` can say which machine each row of
+BENCHMARKS.md came from and how busy it was.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def record(results_dir: Path, bench: str, device: str, config: dict, results: di
         "bench": bench,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(device),
+        "load": load(),
         "config": config,
         "results": results,
     }

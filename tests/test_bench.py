@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import sys
+
 import numpy as np
 import pytest
+import yaml
+from workflow import REPO
 
 from ldmprobe.storage import ActivationWriter, create_store
+
+sys.path.insert(0, str(REPO / "bench"))
 
 
 @pytest.mark.parametrize("max_pending", [0, 2])
@@ -29,3 +37,94 @@ def test_writer_reports_a_failed_write(tmp_path, max_pending):
     with pytest.raises(KeyError, match="nope"):
         writer.put("nope", 0, np.zeros(3, np.float16))
         writer.close()
+
+
+def run_tiny(script: str, results_dir, *args: str) -> list[dict]:
+    """Run ``bench/<script>.py --tiny`` in this process; its JSONL records."""
+    importlib.import_module(script).main(["--tiny", "--results-dir", str(results_dir), *args])
+    (path,) = results_dir.glob("*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for entry in records:
+        assert entry["machine"]["label"] and len(entry["load"]) == 3
+        assert entry["config"]["tiny"] is True
+    return records
+
+
+def test_unet_calls_counts_the_reference_grid(tmp_path):
+    records = {r["config"]["unit"]: r["results"] for r in run_tiny("bench_unet_calls", tmp_path)}
+    # SD v1.4 at 15 LMS steps: 15 U-Net calls per image, 16 self-attention layers in 7 blocks
+    # (3 down, mid, 3 up); the reference regenerates steps 0..s for every probed (s, unit).
+    for unit, count in (("layer", 16), ("block", 7)):
+        assert records[unit]["workflow_calls"] == 15 * 617
+        assert records[unit]["reference_calls"] == sum(range(1, 16)) * count * 617
+        assert records[unit]["ratio"] == pytest.approx(120 * count / 15)
+
+
+def test_dump_overhead_times_every_mode(tmp_path):
+    (entry,) = run_tiny("bench_dump", tmp_path)
+    results = entry["results"]
+    assert set(results["median_s"]) == {"plain", "dump", "dump_sync", "job"}
+    assert all(seconds > 0 for seconds in results["median_s"].values())
+    assert results["ratio_dump"] == pytest.approx(
+        results["median_s"]["dump"] / results["median_s"]["plain"]
+    )
+    assert results["store_bytes"] > 0
+
+
+def test_storage_compares_codecs_on_activations_and_random_data(tmp_path):
+    records = run_tiny("bench_storage", tmp_path)
+    kinds = {(r["config"]["codec"]["name"], r["config"]["data"]) for r in records}
+    assert kinds == {(c, d) for c in ("none", "zstd") for d in ("activations", "random fp16")}
+    for entry in records:
+        results = entry["results"]
+        assert results["stored_bytes_per_image"] > 0
+        if entry["config"]["codec"]["name"] == "none":
+            # Uncompressed chunks plus metadata: never smaller than the raw fp16 bytes.
+            assert results["compression_ratio"] <= 1
+
+
+def test_probe_cell_times_training_against_reading(tmp_path):
+    (entry,) = run_tiny("bench_probe", tmp_path)
+    results = entry["results"]
+    assert results["cell_fp16_bytes"] == 10 * 4 * 4 * 16 * 2
+    assert results["train_s"] > 0 and all(seconds > 0 for seconds in results["read_s"])
+    assert results["train_peak_rss_bytes"] > 0
+
+
+def test_dag_scale_dry_runs_the_whole_grid(tmp_path):
+    (entry,) = run_tiny("bench_dag", tmp_path)
+    jobs = entry["results"]["jobs"]
+    tasks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["labels"]["tasks"]
+    # One generate job per prompt, one label job per (prompt, task); at least one probe job
+    # per (layer, step) cell of the U-Net (the controls add their own cells).
+    assert jobs["generate"] == 20
+    assert jobs["label"] == 20 * len(tasks)
+    assert jobs["probe"] >= 16 * 15
+
+
+def test_demo_end_to_end_plans_the_demo(tmp_path):
+    (entry,) = run_tiny("bench_demo", tmp_path)
+    assert entry["results"]["jobs"] > 0
+    assert "total_s" not in entry["results"]
+
+
+def test_report_renders_every_record_with_its_machine(tmp_path):
+    import report
+
+    run_tiny("bench_unet_calls", tmp_path)
+    records = report.read_records(tmp_path)
+    # Tiny records are smoke tests: never shown; a GPU-less set marks the GPU row pending.
+    tables = report.render_tables(records)
+    assert "128x" not in tables["unet_calls"]
+    assert "pending: `make bench-gpu`" in tables["dump_overhead"]
+    for entry in records:
+        entry["config"]["tiny"] = False
+    tables = report.render_tables(records)
+    assert "| layer (16) | 15 | 9,255 | 1,184,640 | **128x** |" in tables["unet_calls"]
+    assert tables["unet_calls"].count("| M1 |") == 2
+    assert tables["machines"] == f"- M1: {records[0]['machine']['label']}"
+    document = "intro\n" + "".join(
+        f"<!-- table:{name} -->\nold\n<!-- /table:{name} -->\n" for name in tables
+    )
+    filled = report.fill(document, tables)
+    assert "old" not in filled and tables["unet_calls"] in filled

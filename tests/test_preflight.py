@@ -208,3 +208,20 @@ def test_unbuilt_model_is_reported_as_not_checked(study, monkeypatch, tmp_path):
     config["models"]["diffusion"] = {"id": str(tmp_path / "not-built-yet")}
     line = disk_preflight(config, stores, labels)
     assert line.startswith("free space: not checked") and "models.diffusion" in line
+
+
+@pytest.mark.parametrize(
+    ("path", "directory", "inside"),
+    [
+        ("resources/demo-models/vgg16", "resources/demo-models", True),
+        ("resources/demo-models", "resources/demo-models", False),
+        ("/tmp/demo/models/vgg16", "/tmp/demo/models", True),
+        # A hub id beside an absolute demo_dir (bench/bench_dag.py's reference config).
+        ("timm/vgg16.tv_in1k", "/tmp/demo/models", False),
+        ("/tmp/demo/models/vgg16", "resources/demo-models", False),
+    ],
+)
+def test_is_inside_compares_relative_and_absolute_paths(path, directory, inside):
+    from ldmprobe.models import is_inside
+
+    assert is_inside(path, directory) is inside

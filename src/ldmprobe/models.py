@@ -48,8 +48,12 @@ def looks_like_local_path(model_id: str) -> bool:
 
 
 def is_inside(path: str, directory: str) -> bool:
-    """Whether ``path`` lies inside ``directory`` (lexically; neither needs to exist)."""
-    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    """Whether ``path`` lies inside ``directory`` (lexically; neither needs to exist).
+
+    Both are made absolute first: a hub id beside an absolute ``models.demo_dir`` is a
+    relative path beside an absolute one, which ``commonpath`` refuses to compare.
+    """
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
     return path != directory and os.path.commonpath([path, directory]) == directory
 
 

@@ -1,0 +1,294 @@
+"""Render the benchmark records (``bench/results/*.jsonl``) into BENCHMARKS.md's tables.
+
+BENCHMARKS.md is written by hand around the tables: each table sits between
+``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` and is replaced whole, the prose stays.
+Every row names the machine it was measured on (a footnote per machine) and the load average
+(1, 5, 15 min) when it was recorded. Tiny smoke-test records are left out. A benchmark that
+needs a GPU and has no GPU record yet gets a 'pending' row with the command that measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from benchlib import REPO, RESULTS, read_records
+
+from ldmprobe.io import atomic_file
+
+PENDING = {
+    "dump_overhead": "make bench-gpu",
+    "demo_end_to_end": "nice .venv/bin/python bench/bench_demo.py",
+}
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.1f}"
+
+
+def load_text(entry: dict) -> str:
+    values = entry.get("load") or entry["results"].get("load_after") or []
+    return " ".join(f"{value:.1f}" for value in values)
+
+
+class Machines:
+    """Footnote numbers for machine labels, in order of first use."""
+
+    def __init__(self):
+        self.labels: list[str] = []
+
+    def ref(self, entry: dict) -> str:
+        label = entry["machine"]["label"]
+        if label not in self.labels:
+            self.labels.append(label)
+        return f"M{self.labels.index(label) + 1}"
+
+    def legend(self) -> str:
+        return "\n".join(f"- M{i + 1}: {label}" for i, label in enumerate(self.labels))
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def dump_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                load_text(r),
+                f"{c['model']}, {c['unet_dtype']}, {c['size']} px, {c['steps']} steps",
+                c["reps"],
+                f"{x['median_s']['plain']:.2f}",
+                f"**{x['ratio_dump']:.2f}**",
+                f"{x['ratio_dump_sync']:.2f}",
+                f"{x['ratio_job']:.2f}",
+                f"{x['images_per_s_dump']:.3f} / {x['images_per_s_job']:.3f}",
+            ]
+        )
+    if not any(r["machine"]["gpu"] for r in records):
+        rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", *[""] * 6])
+    header = [
+        "machine",
+        "load",
+        "model",
+        "reps",
+        "plain s (median)",
+        "dump / plain",
+        "dump, sync writes / plain",
+        "job (dump + x0 previews) / plain",
+        "images/s dump / job",
+    ]
+    return table(header, rows)
+
+
+def probe_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                load_text(r),
+                c["source"],
+                f"{c['layer']} ({c['tokens']}x{c['channels']})",
+                c["images"],
+                c["epochs"],
+                " ".join(f"{s:.2f}" for s in x["read_s"]),
+                f"{x['train_s']:.1f}",
+                f"**{x['time_ratio']:.1f}**",
+                mib(x["cell_fp16_bytes"]),
+                f"{mib(x['train_peak_rss_bytes'])} ({x['train_memory_ratio']:.1f}x)",
+                f"{mib(x['read_peak_rss_bytes'])} ({x['read_memory_ratio']:.1f}x)",
+            ]
+        )
+    header = [
+        "machine",
+        "load",
+        "stores",
+        "layer (tokens x channels)",
+        "images",
+        "epochs",
+        "read s",
+        "train s (3 tasks)",
+        "train / read",
+        "cell fp16 MiB",
+        "train peak MiB (x fp16)",
+        "read peak MiB (x fp16)",
+    ]
+    return table(header, rows)
+
+
+def storage_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        codec = c["codec"]["name"] + (f" {c['codec']['level']}" if "level" in c["codec"] else "")
+        rows.append(
+            [
+                machines.ref(r),
+                f"{c['model']}, {c['size']} px, {c['steps']} steps",
+                c["data"],
+                codec,
+                mib(x["raw_fp16_bytes_per_image"]),
+                mib(x["stored_bytes_per_image"]),
+                f"**{x['compression_ratio']:.3f}**",
+                f"{x['write_mb_per_s']:.0f}",
+                f"{x['read_mb_per_s']:.0f}",
+            ]
+        )
+    header = [
+        "machine",
+        "model",
+        "data",
+        "codec",
+        "raw fp16 MiB/image",
+        "stored MiB/image",
+        "raw / stored",
+        "write MB/s",
+        "read MB/s",
+    ]
+    return table(header, rows)
+
+
+def dag_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                f"{c['prompts']:,}",
+                f"{x['jobs'].get('total', 0):,}",
+                " ".join(f"{s:.1f}" for s in x["wall_s"]),
+                "**" + " ".join(f"{s:.1f}" for s in x["cpu_s"]) + "**",
+                mib(x["peak_rss_bytes"]),
+                f"{c['target_s']} s" if c.get("target_s") else "",
+            ]
+        )
+    header = [
+        "machine",
+        "load before",
+        "prompts",
+        "jobs",
+        "wall s",
+        "CPU s",
+        "peak RSS MiB",
+        "target",
+    ]
+    return table(header, rows)
+
+
+def demo_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                c["cores"],
+                x["jobs"],
+                f"{x['workflow_s']:.0f}",
+                f"{x['report_s']:.0f}",
+                f"**{x['total_s']:.0f}**",
+                f"{x['workflow_cpu_s']:.0f}",
+                f"{c['target_s']} s",
+            ]
+        )
+    if not records:
+        pending = f"pending: `{PENDING['demo_end_to_end']}` on an idle machine"
+        rows.append(["2-core CPU", "", "2", "", pending, *[""] * 4])
+    header = [
+        "machine",
+        "load before",
+        "cores",
+        "jobs",
+        "workflow s",
+        "report s",
+        "total s",
+        "workflow CPU s",
+        "target",
+    ]
+    return table(header, rows)
+
+
+def calls_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                c["config"],
+                c["images"],
+                f"{c['unit']} ({x['units']})",
+                x["probed_steps"],
+                f"{x['workflow_calls']:,}",
+                f"{x['reference_calls']:,}",
+                f"**{x['ratio']:.0f}x**",
+            ]
+        )
+    header = [
+        "machine",
+        "config",
+        "images",
+        "probing run per (step, ...)",
+        "probed steps",
+        "U-Net calls, this workflow",
+        "U-Net calls, reference",
+        "reference / ours",
+    ]
+    return table(header, rows)
+
+
+RENDERERS = {
+    "dump_overhead": dump_rows,
+    "probe_cell": probe_rows,
+    "storage": storage_rows,
+    "dag_scale": dag_rows,
+    "demo_end_to_end": demo_rows,
+    "unet_calls": calls_rows,
+}
+
+
+def render_tables(records: list[dict]) -> dict[str, str]:
+    """One markdown table per benchmark, plus ``machines``: the legend of the M-numbers."""
+    machines = Machines()
+    kept = [r for r in records if not r["config"].get("tiny")]
+    tables = {
+        name: render([r for r in kept if r["bench"] == name], machines)
+        for name, render in RENDERERS.items()
+    }
+    tables["machines"] = machines.legend()
+    return tables
+
+
+def fill(document: str, tables: dict[str, str]) -> str:
+    for name, text in tables.items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
+        if not pattern.search(document):
+            raise ValueError(f"BENCHMARKS.md has no <!-- table:{name} --> block")
+        document = pattern.sub(lambda m, t=text: m.group(1) + t + "\n" + m.group(2), document)
+    return document
+
+
+def main(argv=None) -> None:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--results-dir", type=Path, default=RESULTS)
+    args.add_argument("--document", type=Path, default=REPO / "BENCHMARKS.md")
+    options = args.parse_args(argv)
+    tables = render_tables(read_records(options.results_dir))
+    document = fill(options.document.read_text(), tables)
+    with atomic_file(options.document) as tmp:
+        tmp.write_text(document)
+
+
+if __name__ == "__main__":
+    main()
