@@ -60,6 +60,55 @@ def test_inconsistent_config_names_the_key_and_allowed_values(edit, message):
         check_consistency(validate_config(config))
 
 
+# (config overrides as "section__key" paths, fragments the one message must contain)
+BAD_CONFIGS = {
+    "unknown key": (
+        {"generation__stepz": 15},
+        ["config key 'generation'", "'stepz' was unexpected", "allowed keys: ["],
+    ),
+    "unknown top-level key": ({"probes": {}}, ["'probes' was unexpected", "'probe'"]),
+    "wrong type": ({"generation__steps": "15"}, ["'generation.steps': '15' is not of type"]),
+    "steps out of schema range": ({"generation__steps": 0}, ["'generation.steps': 0 is less"]),
+    "negative probe step": ({"probe__steps": [0, -1]}, ["'probe.steps[1]': -1 is less than"]),
+    "unknown scheduler": ({"generation__scheduler": "heun"}, ["'generation.scheduler': 'heun'"]),
+    "unknown task": (
+        {"labels__tasks": {"normals": {"labeler": "dpt", "model": {"id": "x"}}}},
+        ["'labels.tasks'", "'normals' is not allowed; allowed: ['saliency', 'depth', 'shading']"],
+    ),
+    "unknown labeler": (
+        {"labels__tasks__depth__labeler": "midas"},
+        ["'labels.tasks.depth.labeler': 'midas' is not a known labeler; allowed: [", "'dpt'"],
+    ),
+    "cfg half": (
+        {"generation__cfg_half": "left"},
+        ["'generation.cfg_half': 'left' is not allowed; allowed: ['cond', 'uncond', 'both']"],
+    ),
+    "probed half not stored": (
+        {"probe__cfg_half": "uncond"},
+        ["'probe.cfg_half': 'uncond' is not stored", "allowed: ['cond']"],
+    ),
+}
+
+
+def with_overrides(config: dict, overrides: dict) -> dict:
+    for dotted, value in overrides.items():
+        section = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            section = section[key]
+        section[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_names_the_key_and_allowed_values(case):
+    overrides, fragments = BAD_CONFIGS[case]
+    with pytest.raises(ConfigError) as caught:
+        check_consistency(validate_config(with_overrides(demo(), overrides)))
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
 def test_both_halves_stored_allow_probing_either():
     config = demo()
     config["generation"]["cfg_half"] = "both"
@@ -108,3 +157,94 @@ def test_a_killed_writer_leaves_nothing_the_next_write_keeps(tmp_path):
         (tmp / "zarr.json").write_text("{}")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [".other.csv.tmp-ghi.csv", "out.csv", "store.zarr"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A small store as generation makes it: one array, one chunk per step, compressed."""
+    import numpy as np
+
+    from ldmprobe.storage import create_store
+
+    path = tmp_path / "activations.zarr"
+    group = create_store(path, {"unet/cond/mid.0": ((3, 4, 8), "float16")}, {"name": "zstd"})
+    for step in range(3):
+        group["unet/cond/mid.0"][step] = np.full((4, 8), step + 1, dtype="float16")
+    return path
+
+
+def chunk_of(store: Path, step: int) -> Path:
+    return store / "unet/cond/mid.0/c" / str(step) / "0" / "0"
+
+
+def read(store: Path, step: int):
+    from ldmprobe.storage import open_store, read_chunk
+
+    return read_chunk(open_store(store), "unet/cond/mid.0", step, store)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda s: chunk_of(s, 1).write_bytes(chunk_of(s, 1).read_bytes()[:7]), "is corrupt"),
+        (lambda s: chunk_of(s, 1).write_bytes(b"\xde\xad\xbe\xef" * 8), "is corrupt"),
+        (lambda s: chunk_of(s, 1).unlink(), "chunk 1 of 'unet/cond/mid.0' is missing"),
+        (lambda s: (s / "zarr.json").unlink(), "is missing or incomplete"),
+        (lambda s: (s / "zarr.json").write_text('{"zarr_form'), "is corrupt: cannot open"),
+        (lambda s: __import__("shutil").rmtree(s), "is missing or incomplete"),
+    ],
+    ids=[
+        "truncated chunk",
+        "garbage chunk",
+        "deleted chunk",
+        "no metadata",
+        "bad metadata",
+        "gone",
+    ],
+)
+def test_damaged_store_names_its_path_and_rule(store, damage, fragment):
+    from ldmprobe.storage import StoreError
+
+    assert float(read(store, 1)[0, 0]) == 2.0
+    damage(store)
+    with pytest.raises(StoreError) as caught:
+        read(store, 1)
+    message = str(caught.value)
+    assert f"activation store {store}" in message and fragment in message
+    assert (
+        "rule 'generate'" in message
+        and f"delete it and run snakemake again with --forcerun {store} " in message
+    )
+
+
+def test_pause_point_stops_only_at_the_named_point(tmp_path):
+    """The crash tests' hook: a matching write stops its process after writing the marker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "paused.txt"
+    code = (
+        "from ldmprobe.io import write_json\n"
+        "write_json('a/meta.json', {})\n"
+        "write_json('b/meta.json', {})\n"
+        "print('not stopped')\n"
+    )
+    env = {
+        **os.environ,
+        "LDMPROBE_PAUSE_AT": "after-rename:b/*",
+        "LDMPROBE_PAUSE_MARKER": str(marker),
+    }
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env)
+    try:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        assert marker.read_text() == f"{child.pid} after-rename b/meta.json\n"
+        assert (tmp_path / "a/meta.json").is_file() and (tmp_path / "b/meta.json").is_file()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    env.pop("LDMPROBE_PAUSE_AT")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True)
+    assert done.stdout == b"not stopped\n"

@@ -53,8 +53,16 @@ def _summarise(schema: dict, plural: bool = False) -> str:
     return words
 
 
+def _key(path) -> str:
+    """A config key as written in messages: ``probe.steps[1]``, ``prompts.files[0].path``."""
+    key = ""
+    for part in path:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key or "(top level)"
+
+
 def _describe(error) -> str:
-    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    key = _key(error.absolute_path)
     if error.validator == "enum":
         allowed = error.validator_value
         return f"config key '{key}': {error.instance!r} is not allowed; allowed: {allowed}"

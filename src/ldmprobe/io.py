@@ -1,15 +1,50 @@
-"""Atomic, deterministic writes: a reader never sees a half-written file or directory."""
+"""Atomic, deterministic writes: a reader never sees a half-written file or directory.
+
+Every output is written under a temporary sibling name and renamed when complete. A killed
+writer leaves only its temporary, which the next writer of that path removes.
+
+Crash tests need to kill a job at an exact point rather than after a guessed delay, so the
+writes pass named pause points (:func:`pause_point`): ``before-rename`` (the temporary is
+complete, the output does not exist yet) and ``after-rename`` (the output exists, the job has
+not finished). With ``LDMPROBE_PAUSE_AT=<point>:<glob>`` in the environment, the first write
+whose path matches the glob appends a line to the file named by ``LDMPROBE_PAUSE_MARKER`` and
+stops its own process with SIGSTOP, for the test to SIGKILL the run. Unset, a pause point is
+one environment lookup.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+PAUSE_AT = "LDMPROBE_PAUSE_AT"
+PAUSE_MARKER = "LDMPROBE_PAUSE_MARKER"
+
+
+def pause_point(point: str, path: str | Path) -> None:
+    """Stop this process here when ``LDMPROBE_PAUSE_AT`` names ``point`` and matches ``path``."""
+    wanted = os.environ.get(PAUSE_AT)
+    if not wanted:
+        return
+    name, _, pattern = wanted.partition(":")
+    if name != point or not fnmatch.fnmatchcase(str(path), pattern or "*"):
+        return
+    line = f"{os.getpid()} {point} {path}\n"
+    sys.stderr.write(f"ldmprobe: paused at {line}")
+    marker = os.environ.get(PAUSE_MARKER)
+    if marker:
+        with open(marker, "a") as handle:
+            handle.write(line)
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -36,9 +71,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp = _temporary_sibling(path)
     try:
         yield tmp
+        pause_point("before-rename", path)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        pause_point("after-rename", path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -55,7 +92,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        pause_point("before-rename", path)
         os.replace(tmp, path)
+        pause_point("after-rename", path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -31,6 +31,13 @@ def setup_logging(log_path: str | None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+
+    def log_failure(kind, error, trace):
+        # The job's log is where a user looks first, so the error that ended the job goes there
+        # too, its message on the first line (e.g. a corrupt store and the rule that makes it).
+        log.critical("%s: %s", kind.__name__, error, exc_info=(kind, error, trace))
+
+    sys.excepthook = log_failure
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from .compat import ensure_torchvision_importable

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import pause_point
+
 HALVES = {"uncond": 0, "cond": 1}
 
 
@@ -74,15 +76,20 @@ class ActivationWriter:
             path, step, values = item
             if self._error is None:
                 try:
-                    self._group[path][step] = values
+                    self._write(path, step, values)
                 except BaseException as error:  # re-raised in close()
                     self._error = error
+
+    def _write(self, path: str, step: int, values: np.ndarray) -> None:
+        self._group[path][step] = values
+        # The crash tests' kill point for a store that holds some chunks but not all.
+        pause_point("chunk-written", f"{path}/{step}")
 
     def put(self, path: str, step: int, values: np.ndarray) -> None:
         if self._error is not None:
             raise self._error
         if self._thread is None:
-            self._group[path][step] = values
+            self._write(path, step, values)
             return
         self._queue.put((path, step, values))
 
@@ -106,39 +113,58 @@ def create_store(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], cod
     return group
 
 
+def _heal(path: str | Path, producer: str) -> str:
+    # Deleting the store alone is not enough: Snakemake reruns a job whose output is missing
+    # only when a job downstream of it has to run, and the manifest downstream still exists.
+    return (
+        f"it is made by rule '{producer}': delete it and run snakemake again with "
+        f"--forcerun {path} (that job and everything downstream of it rerun)"
+    )
+
+
 def open_store(path: str | Path, producer: str = "generate"):
     import zarr
 
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(
-            f"activation store {path} is missing or incomplete; it is made by rule "
-            f"'{producer}': delete it and rerun snakemake to regenerate it"
+            f"activation store {path} is missing or incomplete; {_heal(path, producer)}"
         )
-    return zarr.open_group(str(path), mode="r")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as error:
+        raise StoreError(
+            f"activation store {path} is corrupt: cannot open it ({type(error).__name__}: "
+            f"{error}); {_heal(path, producer)}"
+        ) from error
 
 
-def read_chunk(group, path: str, step: int, store_path: str | Path) -> np.ndarray:
+def read_chunk(
+    group, path: str, step: int, store_path: str | Path, producer: str = "generate"
+) -> np.ndarray:
     """One step of one array; a corrupt or missing chunk raises StoreError naming the store."""
     try:
         array = group[path]
     except KeyError as error:
         raise StoreError(
-            f"activation store {store_path} has no array {path!r}; it was made with another "
-            "configuration: delete it and rerun snakemake (rule 'generate')"
+            f"activation store {store_path} has no array {path!r} (made with another "
+            f"configuration?); {_heal(store_path, producer)}"
         ) from error
     try:
         values = array[step]
     except Exception as error:
         raise StoreError(
-            f"activation store {store_path}: cannot read {path!r} step {step} ({error}); "
-            "the store is corrupt: delete it and rerun snakemake (rule 'generate')"
+            f"activation store {store_path} is corrupt: cannot read {path!r} step {step} "
+            f"({type(error).__name__}: {error}); {_heal(store_path, producer)}"
         ) from error
     # Zarr returns the fill value for a chunk file that is absent: a truncated store.
-    chunk_absent = not np.any(values) and not Path(store_path, path, "c", str(step)).exists()
+    # (The files of step ``step`` lie under c/<step>/, one per chunk of the other dimensions.)
+    chunk_absent = not np.any(values) and not any(
+        entry.is_file() for entry in Path(store_path, path, "c", str(step)).rglob("*")
+    )
     if chunk_absent:
         raise StoreError(
-            f"activation store {store_path}: chunk {step} of {path!r} is missing; "
-            "delete the store and rerun snakemake (rule 'generate')"
+            f"activation store {store_path} is incomplete: chunk {step} of {path!r} is missing; "
+            f"{_heal(store_path, producer)}"
         )
     return values
