@@ -49,8 +49,8 @@ class TracerSaliency(Labeler):
     @classmethod
     def weights_hint(cls, settings: dict) -> str:
         return (
-            "carvekit's TRACER-B7 weights: `hf download Carve/tracer_b7 tracer_b7.pth` "
-            "(or set the model id to Carve/tracer_b7 with that file in the Hugging Face cache)."
+            "Carve/tracer_b7 holds carvekit's TRACER-B7 checkpoint; a folder holding a TRACER-B7 "
+            "state dict of your own works too (option 'weights' names its file)."
         )
 
     def load(self, path: Path, ref: ModelRef) -> None:
