@@ -94,6 +94,8 @@ rule classify_summary:
             key: CONFIG["metrics"][key]
             for key in ("bootstrap_resamples", "ci_level", "seed")
         },
+        # For the caption only.
+        note=random_weights_note(),
     script:
         "../scripts/classify_summary.py"
 
