@@ -132,6 +132,7 @@ def storage_rows(records, machines):
         rows.append(
             [
                 machines.ref(r),
+                load_text(r),
                 f"{c['model']}, {c['size']} px, {c['steps']} steps",
                 c["data"],
                 codec,
@@ -144,6 +145,7 @@ def storage_rows(records, machines):
         )
     header = [
         "machine",
+        "load",
         "model",
         "data",
         "codec",
