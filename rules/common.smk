@@ -187,6 +187,8 @@ def final_outputs(wildcards):
     return [
         f"{RESULTS}/tables/metrics.csv",
         *figure_files(),
+        # emergence_outputs: rules/controls_common.smk (emergence tables, comparison figures).
+        *emergence_outputs(),
         *classification_outputs(),
     ]
 

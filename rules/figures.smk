@@ -46,5 +46,26 @@ rule examples:
         source=SOURCE,
         half=CONFIG["probe"]["cfg_half"],
         n_images=CONFIG["figures"]["example_images"],
+        prompt_ids=CONFIG["figures"]["example_prompts"],
     script:
         "../scripts/examples.py"
+
+
+rule comparison_figure:
+    input:
+        summary=f"{RESULTS}/tables/metrics.csv",
+        emergence=f"{RESULTS}/tables/emergence.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/comparison/{{task}}-{{metric}}.png",
+            caption="../report/comparison_figure.rst",
+            category="Emergence",
+            subcategory="{task}",
+            labels={"figure": "comparison", "task": "{task}", "metric": "{metric}"},
+        ),
+    log:
+        f"{LOGS}/comparison_figure/{{task}}-{{metric}}.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/comparison_figure.py"

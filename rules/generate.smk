@@ -1,3 +1,6 @@
+include: "controls_common.smk"
+
+
 # One job per (prompt id, seed): image, previews, latents and self-attention activations.
 rule generate:
     input:
@@ -18,5 +21,7 @@ rule generate:
         model=CONFIG["models"]["diffusion"],
         allow_download=ALLOW_DOWNLOAD,
         generation=CONFIG["generation"],
+        controls=generation_controls(),
+        prompt_encoding=CONFIG["prompts"]["encoding"],
     script:
         "../scripts/generate.py"

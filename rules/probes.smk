@@ -27,7 +27,8 @@ rule probe:
         "../envs/probes.yaml"
     threads: 1
     params:
-        half=CONFIG["probe"]["cfg_half"],
+        # The VAE and latent controls come from the guided trajectory, not one CFG half.
+        half=lambda wildcards: half_of(wildcards.source, CONFIG["probe"]["cfg_half"]),
         settings=probe_settings(CONFIG),
     script:
         "../scripts/probe.py"
@@ -35,7 +36,10 @@ rule probe:
 
 rule aggregate:
     input:
-        cells=lambda wildcards: cell_files("metrics.csv"),
+        cells=lambda wildcards: [
+            *all_cell_files("metrics.csv"),
+            f"{RESULTS}/tables/labeler_per_image.csv.gz",
+        ],
         layers=f"{RESULTS}/model/layers.json",
     output:
         summary=report(
@@ -52,3 +56,47 @@ rule aggregate:
         metrics=CONFIG["metrics"],
     script:
         "../scripts/aggregate.py"
+
+
+# The labelers run on each step's preview, scored per test image against the final image's
+# label at the U-Net probe's steps: the "off-the-shelf model on the noisy image" curve.
+rule labeler_scores:
+    input:
+        manifest=f"{RESULTS}/dataset.csv",
+        layers=lambda wildcards: checkpoints.layer_table.get().output[0],
+    output:
+        f"{RESULTS}/tables/labeler_per_image.csv.gz",
+    log:
+        f"{LOGS}/labeler_scores.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        settings=scaling_settings(),
+        steps=lambda wildcards: probe_grid()[1],
+    script:
+        "../scripts/labeler_scores.py"
+
+
+rule emergence:
+    input:
+        f"{RESULTS}/tables/per_image_metrics.csv.gz",
+    output:
+        emergence=report(
+            f"{RESULTS}/tables/emergence.csv",
+            caption="../report/emergence_table.rst",
+            category="Tables",
+        ),
+        comparison=report(
+            f"{RESULTS}/tables/emergence_comparison.csv",
+            caption="../report/emergence_comparison.rst",
+            category="Tables",
+        ),
+    log:
+        f"{LOGS}/emergence.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        task_kinds={task: TASK_KIND[task] for task in TASK_NAMES},
+        metrics=CONFIG["metrics"],
+    script:
+        "../scripts/emergence.py"

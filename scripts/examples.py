@@ -11,4 +11,5 @@ jobs.examples(
     half=snakemake.params.half,
     n_images=snakemake.params.n_images,
     out_path=snakemake.output[0],
+    prompt_ids=list(snakemake.params.prompt_ids),
 )

@@ -11,4 +11,6 @@ jobs.generate(
     previews=snakemake.output.previews,
     store=snakemake.output.store,
     meta=snakemake.output.meta,
+    controls=snakemake.params.controls,
+    prompt_encoding=snakemake.params.prompt_encoding,
 )

@@ -32,14 +32,38 @@ def test_outputs_of_every_stage(study):
         "model", "source", "task", "block", "layer", "layer_order", "step", "metric",
         "mean", "ci_low", "ci_high", "n",
     ]  # fmt: skip
-    cells = summary[["layer", "step"]].drop_duplicates()
+    unet = summary[summary.source == "unet"]
+    cells = unet[["layer", "step"]].drop_duplicates()
     assert sorted(map(tuple, cells.to_numpy())) == [
-        ("down0.0", 0), ("down0.0", 14), ("down2.1", 0), ("down2.1", 14), ("up3.2", 0), ("up3.2", 14)
+        ("down0.0", 0), ("down0.0", 14), ("down2.1", 0), ("down2.1", 14),
+        ("up3.2", 0), ("up3.2", 14),
     ]  # fmt: skip
     assert set(summary.metric) == {"spearman", "pearson", "rmse"}
+    # The demo's controls, cheap: the permuted U-Net on down2.1 and up3.2, VAE and latent.
+    sources = summary.groupby("source")["layer"].unique().map(sorted).to_dict()
+    assert sources == {
+        "unet": ["down0.0", "down2.1", "up3.2"],
+        "unet-permuted": ["down2.1", "up3.2"],
+        "vae": ["decoder.mid.0"],
+        "latent": ["xt"],
+        "labeler": ["preview"],
+    }
+    assert set(summary[summary.source != "unet"].step) == {0, 14}
     assert (summary.n == 2).all()  # two test images
+    emergence = pd.read_csv(results / "tables/emergence.csv")
+    assert list(emergence.columns[:7]) == [
+        "task", "layer", "source", "metric", "step", "ci_low", "ci_high",
+    ]  # fmt: skip
+    assert len(emergence) == len(summary[["source", "layer", "metric"]].drop_duplicates())
+    compared = pd.read_csv(results / "tables/emergence_comparison.csv")
+    assert compared.task.tolist() == ["depth"] and compared.sentence.str.contains("labeler").all()
     assert (summary.ci_low <= summary["mean"]).all() and (summary["mean"] <= summary.ci_high).all()
-    for name in ("heatmap/depth-spearman.png", "curves/depth-rmse.png", "examples/depth.png"):
+    for name in (
+        "heatmap/depth-spearman.png",
+        "curves/depth-rmse.png",
+        "examples/depth.png",
+        "comparison/depth-spearman.png",
+    ):
         assert (results / "figures" / name).stat().st_size > 5_000
     assert not list(results.rglob(".*tmp-*")), "temporary files left behind"
 
@@ -61,8 +85,9 @@ def test_probe_hyperparameter_reruns_only_downstream_of_probes(study):
     workdir, _ = study
     changed = tiny_config(workdir, probe__defaults={"epochs": 6})
     counts = jobs_to_run(run_snakemake(workdir, changed, "-n"))
-    assert set(counts) == {"probe", "aggregate", "figure", "examples", "all"}
-    assert counts["probe"] == 6
+    downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
+    assert set(counts) == {"probe", *downstream}
+    assert counts["probe"] == 14  # 6 U-Net cells, 4 permuted, 2 VAE, 2 latent
     tiny_config(workdir)  # restore for the other tests
 
 
@@ -76,5 +101,5 @@ def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):
     finally:
         prompts.write_text(original)
     assert counts["generate"] == 1 and counts["label"] == 1
-    assert counts["dataset"] == 1 and counts["probe"] == 6
+    assert counts["dataset"] == 1 and counts["probe"] == 14 and counts["labeler_scores"] == 1
     assert "layer_table" not in counts and "demo_model" not in counts

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pandas as pd
 
 from . import metrics
+from .controls import layers_by_source
 from .io import atomic_file, write_csv
 
 KEYS = ["source", "task", "layer", "step", "metric"]
 
 
 def read_cell_metrics(paths: list[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(path, dtype={"prompt_id": str}) for path in paths]
+    """Per-image rows of every cell (and of the labeler table, ``.csv.gz``), one frame."""
+    frames = [pd.read_csv(path, dtype={"prompt_id": str, "half": str}) for path in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -23,12 +25,19 @@ def summarise_metrics(
     level: float,
     seed: int,
 ) -> pd.DataFrame:
-    """Mean and bootstrap interval over test images per (source, task, layer, step, metric)."""
-    order = {layer["name"]: layer for layer in layers}
+    """Mean and bootstrap interval over test images per (source, task, layer, step, metric).
+
+    ``layers`` is the U-Net's layer table; the controls' and the labeler's layers are added.
+    """
+    order = {
+        (source, layer["name"]): layer
+        for source, entries in layers_by_source(layers).items()
+        for layer in entries
+    }
     rows = []
     for key, group in per_image.groupby(KEYS, sort=False):
         summary = metrics.summarise(group["value"].to_numpy(), n_resamples, level, seed)
-        layer = order[key[2]]
+        layer = order[(key[0], key[2])]
         rows.append(
             {
                 "model": model,

@@ -1,7 +1,8 @@
 """One probe-grid cell: load a (source, layer, step) slice of every image, train every task.
 
 The dataset manifest (``dataset.py``) lists each image's split, store and label files; the
-cell reads one chunk per image, trains on train, selects the epoch on val, and scores test.
+cell reads one chunk per image (of the U-Net or a control, ``controls.py``), trains on train,
+selects the epoch on val, and scores test.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .controls import read_tokens, token_grid
 from .io import atomic_file, write_csv
 from .labels import TASKS, load_label
 from .probes import ProbeSettings, evaluate, state_tensors, train_probe
-from .storage import array_path, open_store, read_chunk
+from .storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +33,18 @@ class Cell:
     step: int
 
 
-def layer_grid(store_group, layer: str) -> tuple[int, int]:
-    for entry in store_group.attrs["layers"]:
-        if entry["name"] == layer:
-            return entry["height"], entry["width"]
-    raise KeyError(f"layer {layer!r} is not in the store's layer table")
-
-
 def load_activations(manifest: pd.DataFrame, cell: Cell) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[n_images, tokens, channels] float16, in manifest order, and the token grid."""
+    """[n_images, tokens, channels], in manifest order, and the token grid."""
     chunks, grid = [], None
     for index, store_path in enumerate(manifest["store"]):
         group = open_store(store_path)
         if grid is None:
-            grid = layer_grid(group, cell.layer)
-        path = array_path(cell.source, cell.half, cell.layer)
-        chunks.append(torch.from_numpy(np.asarray(read_chunk(group, path, cell.step, store_path))))
+            grid = token_grid(group, cell.source, cell.layer)
+        tokens = read_tokens(group, cell.source, cell.half, cell.layer, cell.step, store_path)
+        chunks.append(torch.from_numpy(np.ascontiguousarray(tokens)))
         if (index + 1) % 100 == 0:
             log.info("read %d/%d images", index + 1, len(manifest))
-    log.info("read %d images of %s step %d", len(manifest), cell.layer, cell.step)
+    log.info("read %d images of %s %s step %d", len(manifest), cell.source, cell.layer, cell.step)
     return torch.stack(chunks), grid
 
 

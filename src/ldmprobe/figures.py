@@ -1,4 +1,5 @@
-"""Figures of the study (matplotlib, Agg): heatmaps, curves and the per-step example grid."""
+"""Figures of the study (matplotlib, Agg): heatmaps, curves, probe-vs-labeler comparisons and
+the per-step example grid."""
 
 from __future__ import annotations
 
@@ -62,6 +63,54 @@ def curves(summary: pd.DataFrame, task: str, metric: str, source: str, path: str
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(f"{task}: test {METRIC_LABELS.get(metric, metric)} vs step ({source})")
     ax.legend(fontsize=6, ncol=2, loc="best")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+SOURCE_STYLE = {
+    "unet": ("U-Net probe", "tab:blue", "-"),
+    "unet-permuted": ("permuted U-Net probe", "tab:gray", "--"),
+    "vae": ("VAE decoder probe", "tab:green", "-."),
+    "latent": ("latent x_t probe", "tab:purple", ":"),
+    "labeler": ("labeler on preview", "tab:orange", "-"),
+}
+
+
+def comparison(
+    summary: pd.DataFrame, emergence: pd.DataFrame, task: str, metric: str, path: str | Path
+) -> None:
+    """Metric vs step per source (its best layer at the last step), with bands and emergence.
+
+    The U-Net probe, the labeler on each step's preview, and every control present in the
+    table; a dotted vertical line and the legend give each curve's emergence step.
+    """
+    rows = summary[(summary.task == task) & (summary.metric == metric)]
+    marks = emergence[(emergence.task == task) & (emergence.metric == metric)]
+    lower = metric == "rmse"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for source, (name, colour, style) in SOURCE_STYLE.items():
+        own = rows[rows.source == source]
+        if own.empty:
+            continue
+        last = own[own.step == own.step.max()].sort_values("mean", ascending=lower)
+        layer = last["layer"].iloc[0]
+        line = own[own.layer == layer].sort_values("step")
+        mark = marks[(marks.source == source) & (marks.layer == layer)]
+        label = name if source == "labeler" else f"{name} ({layer})"
+        if len(mark) and not pd.isna(mark["step"].iloc[0]):
+            step = int(mark["step"].iloc[0])
+            low, high = mark["ci_low"].iloc[0], mark["ci_high"].iloc[0]
+            interval = f" [{int(low)}, {int(high)}]" if not pd.isna(low) else ""
+            label += f": emerges at {step}{interval}"
+            ax.axvline(step, color=colour, ls=":", lw=1)
+        elif len(mark):
+            label += ": never"
+        ax.plot(line.step, line["mean"], color=colour, ls=style, marker=".", label=label)
+        ax.fill_between(line.step, line.ci_low, line.ci_high, color=colour, alpha=0.15)
+    ax.set_xlabel("denoising step (U-Net call)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(f"{task}: {METRIC_LABELS.get(metric, metric)} vs step, probe vs labeler")
+    ax.legend(fontsize=6, loc="best")
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -7,6 +7,7 @@ recorded beside it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import controls
 from .io import atomic_directory, atomic_file, write_json
-from .layers import Layer, discover_layers, find_attn1_modules
+from .layers import Layer, discover_layers, find_attn1_modules, select_layers
 from .storage import HALVES, ActivationWriter, array_path, create_store
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ class GenerationSettings:
     activation_dtype: str = "float16"
     # Activation chunks queued for the writer thread; 0 writes them synchronously.
     write_queue: int = 64
+    # Controls (``controls.py``): layer patterns of the permuted U-Net and its permutation
+    # seed (None: off), and which latent the VAE control decodes (None: off).
+    permuted_layers: tuple[str, ...] | None = None
+    permutation_seed: int = 0
+    vae_latent: str | None = None
 
 
 def initial_noise(seed: int, height: int, width: int, channels: int = 4):
@@ -66,26 +73,24 @@ def predict_x0(sample, model_output, abar: float, prediction_type: str):
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
-class StepRecorder:
-    """Hooks on the U-Net that record every call: timestep, latents, x0, activations."""
+class LayerCapture:
+    """Forward hooks that write each U-Net call's self-attention outputs under ``source``.
 
-    def __init__(self, pipe, layers: list[Layer], halves, writer, guidance_scale: float):
-        self.pipe = pipe
+    The step is the index of the U-Net call, counted by a pre-hook on the U-Net itself.
+    """
+
+    def __init__(self, unet, layers: list[Layer], halves, writer, source: str = UNET_SOURCE):
+        self.unet = unet
         self.layers = layers
         self.halves = halves
         self.writer = writer
-        self.guidance_scale = guidance_scale
+        self.source = source
         self.step = -1
-        self.timesteps: list[float] = []
-        self.xt: list[np.ndarray] = []
-        self.x0: list[np.ndarray] = []
         self._handles = []
 
     def __enter__(self):
-        unet = self.pipe.unet
-        self._handles.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
-        self._handles.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
-        modules = find_attn1_modules(unet)
+        self._handles.append(self.unet.register_forward_pre_hook(self._count))
+        modules = find_attn1_modules(self.unet)
         for layer in self.layers:
             hook = (
                 modules[layer.module_path]
@@ -101,12 +106,54 @@ class StepRecorder:
         for handle in self._handles:
             handle.remove()
 
+    def _count(self, _module, _args):
+        self.step += 1
+
+    def _capture(self, layer: Layer, output) -> None:
+        batch = output.shape[0]
+        for half in self.halves:
+            # The CFG batch is [uncond, cond]; without CFG the only row is the conditional one.
+            row = HALVES[half] if batch == 2 else 0
+            values = output[row].detach().to("cpu", dtype=torch.float16).numpy()
+            self.writer.put(array_path(self.source, half, layer.name), self.step, values)
+
+
+class StepRecorder:
+    """Hooks on the U-Net that record every call: timestep, inputs, latents, x0, activations."""
+
+    def __init__(self, pipe, layers: list[Layer], halves, writer, guidance_scale: float):
+        self.pipe = pipe
+        self.capture = LayerCapture(pipe.unet, layers, halves, writer)
+        self.guidance_scale = guidance_scale
+        self.step = -1
+        self.timesteps: list[float] = []
+        # (sample, timestep, text embeddings) of every call, for replaying them (controls).
+        self.inputs: list[tuple] = []
+        self.xt: list[np.ndarray] = []
+        self.x0: list[np.ndarray] = []
+        self._handles = []
+
+    def __enter__(self):
+        unet = self.pipe.unet
+        self._handles.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        self._handles.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
+        self.capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.capture.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+
     def _before_unet(self, _module, args, kwargs):
         self.step += 1
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         self.timesteps.append(
             float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else timestep
         )
+        sample = args[0] if args else kwargs["sample"]
+        embeddings = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
+        self.inputs.append((sample.detach(), timestep, embeddings.detach()))
 
     def _after_unet(self, _module, args, kwargs, output):
         sample = (args[0] if args else kwargs["sample"]).float()
@@ -121,13 +168,40 @@ class StepRecorder:
         self.xt.append(sample[0].cpu().numpy())
         self.x0.append(x0[0].cpu().numpy())
 
-    def _capture(self, layer: Layer, output) -> None:
-        batch = output.shape[0]
-        for half in self.halves:
-            # The CFG batch is [uncond, cond]; without CFG the only row is the conditional one.
-            row = HALVES[half] if batch == 2 else 0
-            values = output[row].detach().to("cpu", dtype=torch.float16).numpy()
-            self.writer.put(array_path(UNET_SOURCE, half, layer.name), self.step, values)
+
+def replay_permuted(pipe, inputs: list[tuple], layers: list[Layer], halves, writer, seed: int):
+    """The permuted-U-Net control: permute ``pipe.unet`` in place, rerun every recorded call.
+
+    The permuted network sees exactly the inputs the real one saw, so its activations belong
+    to the same images and labels. The pipeline's U-Net is unusable afterwards.
+    """
+    count = controls.permute_weights(pipe.unet, seed)
+    log.info("permuted %d weight tensors (seed %d); replaying %d calls", count, seed, len(inputs))
+    with LayerCapture(pipe.unet, layers, halves, writer, controls.PERMUTED), torch.no_grad():
+        for sample, timestep, embeddings in inputs:
+            pipe.unet(sample, timestep, encoder_hidden_states=embeddings, return_dict=False)
+
+
+class VaeCapture:
+    """Writes the VAE decoder's mid-block self-attention output of each decoded step."""
+
+    def __init__(self, vae, writer):
+        self.module = controls.vae_attention(vae)
+        self.writer = writer
+        self.step = 0
+        self._handle = None
+
+    def __enter__(self):
+        self._handle = self.module.register_forward_hook(self._capture)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    def _capture(self, _module, _inputs, output):
+        values = output[0].detach().to("cpu", dtype=torch.float16).numpy()
+        path = array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)
+        self.writer.put(path, self.step, values)
 
 
 def count_unet_calls(scheduler, steps: int) -> tuple[int, list[float]]:
@@ -136,11 +210,16 @@ def count_unet_calls(scheduler, steps: int) -> tuple[int, list[float]]:
     return len(timesteps), timesteps
 
 
-def decode_latents(pipe, latents: np.ndarray):
-    """PIL images of latents [n, 4, h, w], decoded one by one to bound memory."""
+def decode_latents(pipe, latents: np.ndarray, capture: VaeCapture | None = None):
+    """PIL images of latents [n, 4, h, w], decoded one by one to bound memory.
+
+    With ``capture``, its step follows the latent's index.
+    """
     images = []
     vae = pipe.vae
-    for latent in latents:
+    for step, latent in enumerate(latents):
+        if capture is not None:
+            capture.step = step
         tensor = torch.from_numpy(latent[None]).to(vae.device, vae.dtype)
         with torch.no_grad():
             decoded = vae.decode(tensor / vae.config.scaling_factor).sample
@@ -187,6 +266,35 @@ def generate(
         for half in settings.halves
         for layer in layers
     }
+    permuted_layers = []
+    if settings.permuted_layers is not None:
+        permuted_layers = select_layers(layers, list(settings.permuted_layers))
+        arrays.update(
+            {
+                array_path(controls.PERMUTED, half, layer.name): (
+                    (n_calls, layer.height * layer.width, layer.channels),
+                    settings.activation_dtype,
+                )
+                for half in settings.halves
+                for layer in permuted_layers
+            }
+        )
+    control_layers = {}
+    if settings.vae_latent is not None:
+        # The decoder's mid block runs on the latent grid, with the decoder's widest channels.
+        channels = pipe.vae.config.block_out_channels[-1]
+        control_layers[controls.VAE] = [
+            {
+                "name": controls.VAE_LAYER,
+                "height": latent_h,
+                "width": latent_w,
+                "channels": channels,
+            }
+        ]
+        arrays[array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)] = (
+            (n_calls, latent_h * latent_w, channels),
+            settings.activation_dtype,
+        )
     arrays["latents/xt"] = ((n_calls, 4, latent_h, latent_w), "float32")
     arrays["latents/x0"] = ((n_calls, 4, latent_h, latent_w), "float32")
 
@@ -216,21 +324,49 @@ def generate(
                         latents=noise.to(pipe.device, pipe.unet.dtype),
                         callback_on_step_end=report_progress,
                     )
+            if rec.step + 1 != n_calls:
+                raise RuntimeError(f"expected {n_calls} U-Net calls, recorded {rec.step + 1}")
+            if permuted_layers:
+                replay_permuted(
+                    pipe,
+                    rec.inputs,
+                    permuted_layers,
+                    settings.halves,
+                    writer,
+                    settings.permutation_seed,
+                )
+            latents = {"x0": np.stack(rec.x0), "xt": np.stack(rec.xt)}
+            vae_capture = VaeCapture(pipe.vae, writer) if settings.vae_latent else None
+            with atomic_directory(previews_dir) as tmp_previews:
+                for kind in settings.preview_kinds:
+                    (tmp_previews / kind).mkdir()
+                    capture = vae_capture if kind == settings.vae_latent else None
+                    with capture or contextlib.nullcontext():
+                        images = decode_latents(pipe, latents[kind], capture)
+                    for step, image in enumerate(images):
+                        image.save(tmp_previews / kind / f"step{step:03d}.png")
+                log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
+                if vae_capture and settings.vae_latent not in settings.preview_kinds:
+                    with vae_capture:
+                        decode_latents(pipe, latents[settings.vae_latent], vae_capture)
         finally:
             writer.close()
-        if rec.step + 1 != n_calls:
-            raise RuntimeError(f"expected {n_calls} U-Net calls, recorded {rec.step + 1}")
-        group["latents/xt"][:] = np.stack(rec.xt)
-        group["latents/x0"][:] = np.stack(rec.x0)
-        group.attrs.update({"steps": n_calls, "layers": [layer.to_dict() for layer in layers]})
-
-        with atomic_directory(previews_dir) as tmp_previews:
-            latents = {"x0": np.stack(rec.x0), "xt": np.stack(rec.xt)}
-            for kind in settings.preview_kinds:
-                (tmp_previews / kind).mkdir()
-                for step, image in enumerate(decode_latents(pipe, latents[kind])):
-                    image.save(tmp_previews / kind / f"step{step:03d}.png")
-            log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
+        group["latents/xt"][:] = latents["xt"]
+        group["latents/x0"][:] = latents["x0"]
+        group.attrs.update(
+            {
+                "steps": n_calls,
+                "layers": [layer.to_dict() for layer in layers],
+                "controls": {
+                    **control_layers,
+                    **(
+                        {controls.PERMUTED: [layer.to_dict() for layer in permuted_layers]}
+                        if permuted_layers
+                        else {}
+                    ),
+                },
+            }
+        )
 
     with atomic_file(image_path) as tmp_image:
         result.images[0].save(tmp_image, format="PNG")
@@ -255,6 +391,14 @@ def generate(
         "codec": settings.codec,
         "layers": [layer.to_dict() for layer in layers],
         "preview_kinds": list(settings.preview_kinds),
+        "controls": {
+            "permuted_unet": (
+                {"seed": settings.permutation_seed, "layers": [x.name for x in permuted_layers]}
+                if permuted_layers
+                else None
+            ),
+            "vae_latent": settings.vae_latent,
+        },
         "versions": package_versions(),
     }
     write_json(meta_path, meta)

@@ -94,8 +94,15 @@ def generate(
     store: str,
     meta: str,
     capture_activations: bool = True,
+    controls: dict | None = None,
+    prompt_encoding: str | None = None,
 ) -> None:
-    """``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images)."""
+    """``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
+
+    ``controls``: the enabled parts of the ``controls`` config section, the permuted U-Net's
+    layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
+    table was decoded) goes into the image's metadata.
+    """
     from .generation import GenerationSettings
     from .generation import generate as run
     from .models import ModelRef, load_diffusion_pipeline
@@ -119,8 +126,11 @@ def generate(
         halves=halves,
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
+        **control_settings(controls or {}),
     )
     provenance = {"model": ref.id, "revision": ref.revision}
+    if prompt_encoding is not None:
+        provenance["prompt_encoding"] = prompt_encoding
     run(
         pipe,
         prompt,
@@ -132,6 +142,20 @@ def generate(
         Path(meta),
         provenance,
     )
+
+
+def control_settings(controls: dict) -> dict:
+    """GenerationSettings fields of the ``controls`` config section (absent: all off)."""
+    settings = {}
+    permuted = controls.get("permuted_unet", {})
+    if permuted.get("enabled"):
+        layers = permuted.get("layers") or "all"
+        settings["permuted_layers"] = ("*",) if layers == "all" else tuple(layers)
+        settings["permutation_seed"] = permuted.get("seed", 0)
+    vae = controls.get("vae", {})
+    if vae.get("enabled"):
+        settings["vae_latent"] = vae.get("latent", "x0")
+    return settings
 
 
 def label(
@@ -205,6 +229,7 @@ def aggregate(
     summary_path: str,
     per_image_path: str,
 ) -> None:
+    """``cell_metrics``: every probe cell's metrics.csv, and the labeler's per-image table."""
     from .aggregate import read_cell_metrics, summarise_metrics, write_tables
 
     layer_info = json.loads(Path(layers_path).read_text())
@@ -221,6 +246,35 @@ def aggregate(
     log.info("%d cells, %d summary rows", len(cell_metrics), len(summary))
 
 
+def labeler_scores(
+    manifest_path: str, settings: dict[str, dict], steps: list[int], out_path: str
+) -> None:
+    from .dataset import read_manifest
+    from .emergence import labeler_scores as score
+    from .io import atomic_file
+
+    table = score(read_manifest(manifest_path), settings, steps)
+    with atomic_file(out_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
+    log.info("%d labeler-on-preview rows", len(table))
+
+
+def emergence(
+    per_image_path: str,
+    task_kinds: dict[str, str],
+    metrics_config: dict,
+    emergence_path: str,
+    comparison_path: str,
+) -> None:
+    import pandas as pd
+
+    from .emergence import write_emergence
+
+    per_image = pd.read_csv(per_image_path, dtype={"prompt_id": str, "half": str})
+    table = write_emergence(per_image, task_kinds, metrics_config, emergence_path, comparison_path)
+    log.info("%d emergence rows", len(table))
+
+
 def figure(kind: str, summary_path: str, task: str, metric: str, source: str, out_path: str):
     import pandas as pd
 
@@ -229,6 +283,18 @@ def figure(kind: str, summary_path: str, task: str, metric: str, source: str, ou
     summary = pd.read_csv(summary_path)
     {"heatmap": figures.heatmap, "curves": figures.curves}[kind](
         summary, task, metric, source, out_path
+    )
+
+
+def comparison_figure(
+    summary_path: str, emergence_path: str, task: str, metric: str, out_path: str
+) -> None:
+    import pandas as pd
+
+    from . import figures
+
+    figures.comparison(
+        pd.read_csv(summary_path), pd.read_csv(emergence_path), task, metric, out_path
     )
 
 
@@ -242,7 +308,9 @@ def examples(
     half: str,
     n_images: int,
     out_path: str,
+    prompt_ids: list[str] | None = None,
 ) -> None:
+    """The Figure 4 grid for ``prompt_ids`` (their test images), or the first test images."""
     import numpy as np
     import torch
     from PIL import Image
@@ -255,7 +323,13 @@ def examples(
     from .storage import array_path, open_store, read_chunk
 
     manifest = read_manifest(manifest_path)
-    test = manifest[manifest["split"] == "test"].head(n_images)
+    test = manifest[manifest["split"] == "test"]
+    if prompt_ids:
+        test = test[test["prompt_id"].isin(prompt_ids)]
+        if test.empty:
+            raise ValueError(f"figures.example_prompts: none of {prompt_ids} is a test image")
+    else:
+        test = test.head(n_images)
     kind = TASKS[task].kind
     probes = []
     for path in weights:

@@ -1,0 +1,10 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.emergence(
+    per_image_path=snakemake.input[0],
+    task_kinds=dict(snakemake.params.task_kinds),
+    metrics_config=dict(snakemake.params.metrics),
+    emergence_path=snakemake.output.emergence,
+    comparison_path=snakemake.output.comparison,
+)

@@ -1,0 +1,9 @@
+from ldmprobe import jobs
+
+jobs.setup_logging(snakemake.log[0])
+jobs.labeler_scores(
+    manifest_path=snakemake.input.manifest,
+    settings=snakemake.params.settings,
+    steps=list(snakemake.params.steps),
+    out_path=snakemake.output[0],
+)

@@ -1,0 +1,210 @@
+"""Emergence as numbers: the labeler-on-preview curve, emergence steps, and their comparison.
+
+The labeler curve scores an off-the-shelf model run on each step's decoded x0 preview against
+the same model's label of the final image, per test image, with the probes' metrics (and the
+probes' target scaling for RMSE), so it sits in the same tables as the probes under source
+``labeler``. The emergence step of a curve is ``metrics.emergence_step`` with a bootstrap
+interval over test images (``metrics.emergence_step_bootstrap``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .controls import LABELER, LABELER_LAYER, UNET
+from .io import write_csv
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"rmse"}
+# The metric the report's comparison sentence uses per task kind.
+HEADLINE = {"binary": "dice", "continuous": "spearman"}
+EMERGENCE_COLUMNS = [
+    "task",
+    "layer",
+    "source",
+    "metric",
+    "step",
+    "ci_low",
+    "ci_high",
+    "undefined_fraction",
+    "final_mean",
+    "fraction",
+    "n_images",
+]
+
+
+def target_scaling(kind: str, settings: dict, train_targets: list[np.ndarray]):
+    """The probe's (mean, std) for the task (``probes.scaling_for``), so RMSEs compare."""
+    import torch
+
+    from .probes import ProbeSettings, scaling_for
+
+    known = {k: v for k, v in settings.items() if k in ProbeSettings.__dataclass_fields__}
+    stacked = torch.from_numpy(np.stack(train_targets)) if train_targets else torch.zeros(1)
+    return scaling_for(kind, ProbeSettings(**known), stacked)
+
+
+def labeler_scores(
+    manifest: pd.DataFrame, tasks: dict[str, dict], steps: list[int] | None = None
+) -> pd.DataFrame:
+    """Per test image, task, step and metric: the labeler on that step's preview vs the final.
+
+    ``tasks`` maps each task to its probe settings (only the target scaling is used);
+    ``steps`` None means every step the label files hold.
+    """
+    from .labels import TASKS, load_label
+
+    rows = []
+    test = manifest[manifest["split"] == "test"]
+    for task_name, settings in tasks.items():
+        kind = TASKS[task_name].kind
+        column = f"label_{task_name}"
+        train = manifest[manifest["split"] == "train"][column]
+        mean, std = target_scaling(kind, settings, [load_label(p)["target"] for p in train])
+        for _, image in test.iterrows():
+            label = load_label(image[column])
+            chosen = range(len(label["preview_target"])) if steps is None else steps
+            for step in chosen:
+                preview = label["preview_target"][step]
+                if kind == "binary":
+                    values = metrics.image_metrics("binary", preview > 0.5, label["target"] > 0.5)
+                else:
+                    values = metrics.image_metrics(
+                        "continuous", (preview - mean) / std, (label["target"] - mean) / std
+                    )
+                for metric, value in values.items():
+                    rows.append(
+                        {
+                            "prompt_id": image["prompt_id"],
+                            "seed": image["seed"],
+                            "task": task_name,
+                            "metric": metric,
+                            "value": value,
+                            "step": step,
+                        }
+                    )
+        log.info("%s: labeler on %d test images' previews", task_name, len(test))
+    table = pd.DataFrame(
+        rows, columns=["prompt_id", "seed", "task", "metric", "value", "step"]
+    ).assign(source=LABELER, half="", layer=LABELER_LAYER)
+    return table
+
+
+def emergence_table(
+    per_image: pd.DataFrame, fraction: float, n_resamples: int, level: float, seed: int
+) -> pd.DataFrame:
+    """Emergence step with bootstrap interval per (task, layer, source, metric) curve."""
+    rows = []
+    for (task, layer, source, metric), group in per_image.groupby(
+        ["task", "layer", "source", "metric"], sort=True
+    ):
+        # unstack, not pivot_table: it keeps NaN scores and adds no (prompt, seed) pairs.
+        curves = group.set_index(["prompt_id", "seed", "step"])["value"].unstack("step")
+        curves = curves.sort_index(axis=1)
+        steps = curves.columns.to_numpy()
+        values = curves.to_numpy(dtype=np.float64)
+        result = metrics.emergence_step_bootstrap(
+            steps,
+            values,
+            fraction=fraction,
+            higher_is_better=metric not in LOWER_IS_BETTER,
+            n_resamples=n_resamples,
+            level=level,
+            seed=seed,
+        )
+        final = values[:, -1]
+        rows.append(
+            {
+                "task": task,
+                "layer": layer,
+                "source": source,
+                "metric": metric,
+                **result,
+                "final_mean": float(np.nanmean(final)) if np.isfinite(final).any() else np.nan,
+                "fraction": fraction,
+                "n_images": len(curves),
+            }
+        )
+    table = pd.DataFrame(rows, columns=EMERGENCE_COLUMNS)
+    for column in ("step", "ci_low", "ci_high"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
+def best_layer(emergence: pd.DataFrame, task: str, metric: str, source: str) -> pd.Series | None:
+    """The source's layer with the best final-step mean for (task, metric), or None."""
+    rows = emergence[
+        (emergence.task == task) & (emergence.metric == metric) & (emergence.source == source)
+    ].dropna(subset=["final_mean"])
+    if rows.empty:
+        return None
+    lower = metric in LOWER_IS_BETTER
+    return rows.sort_values("final_mean", ascending=lower).iloc[0]
+
+
+def _step_text(row: pd.Series | None) -> str:
+    if row is None:
+        return "not measured"
+    if pd.isna(row["step"]):
+        return "never (no stable signal)"
+    interval = (
+        f" (95% interval {row['ci_low']}-{row['ci_high']})" if not pd.isna(row["ci_low"]) else ""
+    )
+    return f"step {row['step']}{interval}"
+
+
+def comparison(emergence: pd.DataFrame, task_kinds: dict[str, str]) -> pd.DataFrame:
+    """Per task: the best U-Net probe layer's emergence step beside the labeler's."""
+    rows = []
+    for task, kind in task_kinds.items():
+        metric = HEADLINE[kind]
+        probe = best_layer(emergence, task, metric, UNET)
+        labeler = best_layer(emergence, task, metric, LABELER)
+        fraction = float(emergence["fraction"].iloc[0]) if len(emergence) else np.nan
+        sentence = (
+            f"{task} ({metric}, {fraction:.0%} of the final value): the probe on "
+            f"{probe['layer'] if probe is not None else '-'} from {_step_text(probe)}; "
+            f"the labeler on the previews from {_step_text(labeler)}."
+        )
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "probe_layer": probe["layer"] if probe is not None else None,
+                "probe_step": probe["step"] if probe is not None else pd.NA,
+                "probe_ci_low": probe["ci_low"] if probe is not None else pd.NA,
+                "probe_ci_high": probe["ci_high"] if probe is not None else pd.NA,
+                "labeler_step": labeler["step"] if labeler is not None else pd.NA,
+                "labeler_ci_low": labeler["ci_low"] if labeler is not None else pd.NA,
+                "labeler_ci_high": labeler["ci_high"] if labeler is not None else pd.NA,
+                "sentence": sentence,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_emergence(
+    per_image: pd.DataFrame,
+    task_kinds: dict[str, str],
+    metrics_config: dict,
+    emergence_path,
+    comparison_path,
+) -> pd.DataFrame:
+    table = emergence_table(
+        per_image,
+        metrics_config["emergence_fraction"],
+        metrics_config["bootstrap_resamples"],
+        metrics_config["ci_level"],
+        metrics_config["seed"],
+    )
+    write_csv(emergence_path, table)
+    compared = comparison(table, task_kinds)
+    write_csv(comparison_path, compared)
+    for sentence in compared["sentence"]:
+        log.info("%s", sentence)
+    return table
