@@ -516,6 +516,8 @@ def test_workflow_classifies_every_step(tmp_path):
         tmp_path,
         classification__enabled=True,
         classification__prompts={"files": [{"path": str(table)}]},
+        # The demo classifies x0 only; the test covers both kinds.
+        classification__preview_kinds=["x0", "xt"],
         generation__steps=3,
     )
     run_snakemake(tmp_path, config, "classification")

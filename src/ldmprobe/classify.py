@@ -486,8 +486,12 @@ def topk_figure(
     n_steps = int(topk.loc[topk["kind"] != FINAL, "step"].max()) + 1
     shown = _thumbnail_steps(n_steps)
     final = curves[curves["kind"] == FINAL].set_index("class_index")["probability"]
-    fig = plt.figure(figsize=(9, 4.6 * len(kinds)))
-    grid = fig.add_gridspec(2 * len(kinds), 1, height_ratios=[1, 2.4] * len(kinds), hspace=0.5)
+    # An inch above the panels for the two-line title, whatever the number of kinds.
+    height = 1 + 4.6 * len(kinds)
+    fig = plt.figure(figsize=(9, height))
+    grid = fig.add_gridspec(
+        2 * len(kinds), 1, height_ratios=[1, 2.4] * len(kinds), hspace=0.5, top=1 - 1 / height
+    )
     for row, kind in enumerate(kinds):
         strip = grid[2 * row].subgridspec(1, len(shown) + 1, wspace=0.05)
         for column, step in enumerate([*shown, None]):
