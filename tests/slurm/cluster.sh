@@ -93,9 +93,10 @@ ReturnToService=2
 # squeue (the profile's status command) sees a finished job for MinJobAge seconds; the
 # executor wants at least three times its first status-check delay.
 MinJobAge=600
-# Declared CPUs and memory are bookkeeping only (no cgroups): more than a small CI machine has.
+# Declared CPUs and memory are bookkeeping only (no cgroups). 4 CPUs fit one GPU job (4 per GPU)
+# or one 4-thread probe job; more would only oversubscribe a small test machine.
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:$GPU_MODEL:2 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=4 RealMemory=64000 Gres=gpu:$GPU_MODEL:2 State=UNKNOWN
 PartitionName=$GPU_PARTITION Nodes=$NODE MaxTime=INFINITE State=UP
 PartitionName=$CPU_PARTITION Nodes=$NODE MaxTime=INFINITE State=UP
 CONF
