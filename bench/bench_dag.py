@@ -105,7 +105,7 @@ def main(argv=None) -> None:
         "--profile", action="store_true", help="one more dry run under cProfile: where time goes"
     )
     options = args.parse_args(argv)
-    counts, reps = ([20], 1) if options.tiny else (options.prompts, options.reps)
+    counts, reps = ([4], 1) if options.tiny else (options.prompts, options.reps)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:

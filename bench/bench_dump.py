@@ -85,6 +85,9 @@ def measure_size(
     pipe, device: str, size: int, steps: int, reps: int, work: Path, warm_up: bool
 ) -> dict:
     times = {mode: [] for mode in MODES}
+    # CPU seconds of this process (all its threads): on a loaded shared machine they vary far
+    # less than wall seconds; the writer thread's overlap shows only in wall seconds.
+    cpu_times = {mode: [] for mode in MODES}
     store_bytes = None
     # Repetition 0 warms up (first calls allocate buffers and pick kernels) and is not kept.
     jobs = [(mode, 0) for mode in MODES] if warm_up else []
@@ -95,16 +98,24 @@ def measure_size(
         out = Path(tempfile.mkdtemp(dir=work))
         prompt = PROMPTS[rep % len(PROMPTS)]
         call = functools.partial(run_mode, pipe, mode, prompt, 1000 + rep, size, steps, out)
+        cpu_start = time.process_time()
         seconds = timed(call, device)
+        cpu_seconds = time.process_time() - cpu_start
         if mode == "dump" and store_bytes is None:
             store_bytes = directory_bytes(out / "activations.zarr")
         shutil.rmtree(out)
         if rep > 0:
             times[mode].append(round(seconds, 4))
+            cpu_times[mode].append(round(cpu_seconds, 4))
     medians = {mode: median(values) for mode, values in times.items()}
+    cpu_medians = {mode: median(values) for mode, values in cpu_times.items()}
     return {
         "seconds": times,
         "median_s": medians,
+        "cpu_seconds": cpu_times,
+        "cpu_ratio_dump": cpu_medians["dump"] / cpu_medians["plain"],
+        "cpu_ratio_dump_sync": cpu_medians["dump_sync"] / cpu_medians["plain"],
+        "cpu_ratio_job": cpu_medians["job"] / cpu_medians["plain"],
         "ratio_dump": medians["dump"] / medians["plain"],
         "ratio_dump_sync": medians["dump_sync"] / medians["plain"],
         "ratio_job": medians["job"] / medians["plain"],
@@ -124,7 +135,7 @@ def main(argv=None) -> None:
     args.add_argument("--dtype", default=None, help="default: float16 full-size, else float32")
     options = args.parse_args(argv)
     sizes = options.sizes or ([64] if options.tiny else [512] if options.full_size else [128, 256])
-    steps, reps = (3, 1) if options.tiny else (options.steps, options.reps)
+    steps, reps = (2, 1) if options.tiny else (options.steps, options.reps)
     dtype = options.dtype or ("float16" if options.full_size else "float32")
 
     from ldmprobe.jobs import resolve_device, setup_logging

@@ -65,9 +65,9 @@ def dump_rows(records, machines):
                 f"{c['model']}, {c['unet_dtype']}, {c['size']} px, {c['steps']} steps",
                 c["reps"],
                 f"{x['median_s']['plain']:.2f}",
-                f"**{x['ratio_dump']:.2f}**",
-                f"{x['ratio_dump_sync']:.2f}",
-                f"{x['ratio_job']:.2f}",
+                f"**{x['ratio_dump']:.2f}** ({x['cpu_ratio_dump']:.2f})",
+                f"{x['ratio_dump_sync']:.2f} ({x['cpu_ratio_dump_sync']:.2f})",
+                f"{x['ratio_job']:.2f} ({x['cpu_ratio_job']:.2f})",
                 f"{x['images_per_s_dump']:.3f} / {x['images_per_s_job']:.3f}",
             ]
         )
@@ -79,9 +79,9 @@ def dump_rows(records, machines):
         "model",
         "reps",
         "plain s (median)",
-        "dump / plain",
-        "dump, sync writes / plain",
-        "job (dump + x0 previews) / plain",
+        "dump / plain, wall (CPU)",
+        "dump, sync writes / plain, wall (CPU)",
+        "job (dump + x0 previews) / plain, wall (CPU)",
         "images/s dump / job",
     ]
     return table(header, rows)

@@ -68,6 +68,8 @@ def test_dump_overhead_times_every_mode(tmp_path):
     assert results["ratio_dump"] == pytest.approx(
         results["median_s"]["dump"] / results["median_s"]["plain"]
     )
+    assert all(len(values) == 1 for values in results["cpu_seconds"].values())
+    assert results["cpu_ratio_job"] > 0
     assert results["store_bytes"] > 0
 
 
@@ -97,8 +99,9 @@ def test_dag_scale_dry_runs_the_whole_grid(tmp_path):
     tasks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["labels"]["tasks"]
     # One generate job per prompt, one label job per (prompt, task); at least one probe job
     # per (layer, step) cell of the U-Net (the controls add their own cells).
-    assert jobs["generate"] == 20
-    assert jobs["label"] == 20 * len(tasks)
+    prompts = entry["config"]["prompts"]
+    assert jobs["generate"] == prompts
+    assert jobs["label"] == prompts * len(tasks)
     assert jobs["probe"] >= 16 * 15
 
 
