@@ -19,6 +19,7 @@ from ldmprobe.io import atomic_file
 
 PENDING = {
     "dump_overhead": "make bench-gpu",
+    "dump_cpu": "nice .venv/bin/python bench/bench_dump.py --sizes 128 --reps 5",
     "demo_end_to_end": "nice .venv/bin/python bench/bench_demo.py",
 }
 
@@ -73,6 +74,9 @@ def dump_rows(records, machines):
         )
     if not any(r["machine"]["gpu"] for r in records):
         rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", *[""] * 6])
+    if all(r["machine"]["gpu"] for r in records):
+        pending = f"pending: `{PENDING['dump_cpu']}` on an idle machine"
+        rows.append(["CPU", "", pending, *[""] * 6])
     header = [
         "machine",
         "load",
