@@ -202,7 +202,6 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
             settings,
             f"{out_dir}/probe.safetensors",
             f"{out_dir}/metrics.csv",
-            threads=1,
         )
     if profiler:
         profiler.disable()

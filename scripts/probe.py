@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0])
+jobs.setup_logging(snakemake.log[0], snakemake.threads)
 jobs.probe(
     manifest_path=snakemake.input.manifest,
     source=snakemake.wildcards.source,
@@ -10,5 +10,4 @@ jobs.probe(
     settings=snakemake.params.settings,
     weights_path=snakemake.output.weights,
     metrics_path=snakemake.output.metrics,
-    threads=snakemake.threads,
 )

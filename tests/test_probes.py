@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ldmprobe.probes import (
+    Adam,
     ProbeSettings,
     evaluate,
     pool_to_grid,
@@ -118,3 +119,20 @@ def test_without_validation_images_the_last_epoch_is_kept():
     settings = ProbeSettings(epochs=3, loss="mse")
     trained = train_probe("continuous", settings, x, labels, x[:0], labels[:0], H, W)
     assert (trained.selection, trained.chosen_epoch) == ("last", 2)
+
+
+def test_adam_takes_torch_adams_steps():
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=generator), torch.randn(3, generator=generator)]
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    optimisers = Adam(ours, lr=0.01), torch.optim.Adam(theirs, lr=0.01)
+    inputs = torch.randn(20, 8, 5, generator=generator)
+    for batch in inputs:
+        for params, optimiser in zip((ours, theirs), optimisers):
+            optimiser.zero_grad()
+            ((batch @ params[0] + params[1]) ** 2).mean().backward()
+            optimiser.step()
+    for mine, reference, initial in zip(ours, theirs, start):
+        assert not torch.equal(mine, initial)
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-7)

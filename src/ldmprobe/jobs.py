@@ -18,8 +18,18 @@ from .io import write_json
 log = logging.getLogger("ldmprobe")
 
 
-def setup_logging(log_path: str | None) -> None:
-    """Send this job's log lines (and Python warnings) to its Snakemake log file."""
+def setup_logging(log_path: str | None, threads: int | None = None) -> None:
+    """Send this job's log lines (and Python warnings) to its Snakemake log file.
+
+    ``threads``: the job's thread budget (Snakemake's ``threads``), given to the OpenMP and
+    MKL pools that torch and onnxruntime size themselves by, as Snakemake does for shell jobs;
+    without it each of ``--cores`` parallel jobs would start one thread per core.
+    """
+    if threads is not None:
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -40,9 +50,6 @@ def setup_logging(log_path: str | None) -> None:
     sys.excepthook = log_failure
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from .compat import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
     for noisy in ("diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -208,15 +215,11 @@ def probe(
     settings: dict[str, dict],
     weights_path: str,
     metrics_path: str,
-    threads: int = 1,
 ) -> None:
-    import torch
-
     from .cell import Cell, run_cell
     from .dataset import read_manifest
     from .probes import ProbeSettings
 
-    torch.set_num_threads(threads)
     tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
     cell = Cell(source=source, half=half, layer=layer, step=step)
     run_cell(read_manifest(manifest_path), cell, tasks, Path(weights_path), Path(metrics_path))

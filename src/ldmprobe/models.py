@@ -185,6 +185,7 @@ SCHEDULERS = {
 
 
 def make_scheduler(name: str, base_config):
+    ensure_torchvision_importable()
     import diffusers
 
     scheduler_class = getattr(diffusers, SCHEDULERS[name])
@@ -194,6 +195,7 @@ def make_scheduler(name: str, base_config):
 
 def load_unet_on_meta(ref: ModelRef, allow_download: bool = False):
     """The U-Net's module structure without its weights (cheap), for layer discovery."""
+    ensure_torchvision_importable()
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -204,6 +206,7 @@ def load_unet_on_meta(ref: ModelRef, allow_download: bool = False):
 
 
 def load_scheduler_config(ref: ModelRef, allow_download: bool = False):
+    ensure_torchvision_importable()
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.load_config(resolve_model(ref, allow_download), subfolder="scheduler")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,39 @@ def blocks(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """View labels [n, H, W] as [n, h, k, w, k] so a [n, h, 1, w, 1] prediction broadcasts."""
     n, big_h, big_w = labels.shape
     return labels.reshape(n, height, big_h // height, width, big_w // width)
+
+
+class Adam:
+    """Adam with ``torch.optim.Adam``'s defaults and its exact update (tested equal).
+
+    ``torch.optim`` imports ``torch._dynamo`` on first use, 1.3 s of a probe job that trains a
+    small cell in about as long; every grid cell is its own process.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.steps = 0
+        self.first_moments = [torch.zeros_like(p) for p in self.params]
+        self.second_moments = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1**self.steps)
+        correction2_sqrt = math.sqrt(1 - beta2**self.steps)
+        for param, first, second in zip(self.params, self.first_moments, self.second_moments):
+            if param.grad is None:
+                continue
+            first.lerp_(param.grad, 1 - beta1)
+            second.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+            denominator = (second.sqrt() / correction2_sqrt).add_(self.eps)
+            param.addcdiv_(first, denominator, value=-step_size)
 
 
 class LinearProbe(torch.nn.Module):
@@ -144,7 +178,7 @@ def train_probe(
 
     train_targets, val_targets = prepare(train_labels), prepare(val_labels)
     probe = LinearProbe(train_x.shape[-1], kind)
-    optimiser = torch.optim.Adam(probe.parameters(), lr=settings.lr)
+    optimiser = Adam(probe.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     best_state, best_loss, best_epoch = None, float("inf"), settings.epochs - 1
     history = []
@@ -157,10 +191,10 @@ def train_probe(
             batch_x = train_x.index_select(0, index).float()
             batch_y = train_targets.index_select(0, index)
             loss = probe_loss(kind, settings, probe(batch_x), batch_y, height, width)
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         record = {"epoch": epoch, "train_loss": total / max(len(order), 1)}
         if len(val_x):
             val_loss = chunked_loss(kind, settings, probe, val_x, val_targets, height, width)

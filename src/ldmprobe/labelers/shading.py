@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compat import ensure_torchvision_importable
 from ..models import ModelRef, find_file
 from . import Labeler, image_size, register
 
@@ -62,6 +63,7 @@ class MarigoldShading(Labeler):
     }
 
     def load(self, path: Path, ref: ModelRef) -> None:
+        ensure_torchvision_importable()
         from diffusers import MarigoldIntrinsicsPipeline
 
         self.pipe = MarigoldIntrinsicsPipeline.from_pretrained(
