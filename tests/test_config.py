@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,21 @@ def test_probe_settings_merge_task_overrides():
     config["probe"]["tasks"] = {"depth": {"lr": 0.01}}
     assert probe_settings(config)["depth"]["lr"] == 0.01
     assert probe_settings(config)["depth"]["epochs"] == 30
+
+
+def test_parse_time_imports_leave_torch_out():
+    """The Snakefile is parsed again in every job (and every cluster job): importing torch
+    there would cost more than a second each time."""
+    statements = sorted(
+        {
+            line.strip()
+            for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+            for line in path.read_text().splitlines()
+            if line.strip().startswith(("from ldmprobe", "import ldmprobe"))
+        }
+    )
+    assert statements
+    modules = [statement.split()[1] for statement in statements]
+    probe = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", modules

@@ -10,13 +10,17 @@
   each step's preview and scored against the final image's label.
 
 The VAE and latent arrays are not one CFG half (they come from the guided trajectory), so their
-half is ``guided``.
+half is ``guided``. The workflow imports this module at parse time: torch only inside functions.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 UNET = "unet"
 PERMUTED = "unet-permuted"
@@ -57,6 +61,8 @@ def permute_weights(module: torch.nn.Module, seed: int) -> int:
     One generator seeded once walks the parameters in ``named_parameters`` order, so the
     permutation depends only on the seed and the architecture. Returns the number of tensors.
     """
+    import torch
+
     generator = torch.Generator("cpu").manual_seed(seed)
     count = 0
     with torch.no_grad():
