@@ -129,10 +129,10 @@ def test_adam_takes_torch_adams_steps():
     optimisers = Adam(ours, lr=0.01), torch.optim.Adam(theirs, lr=0.01)
     inputs = torch.randn(20, 8, 5, generator=generator)
     for batch in inputs:
-        for params, optimiser in zip((ours, theirs), optimisers):
+        for params, optimiser in zip((ours, theirs), optimisers, strict=True):
             optimiser.zero_grad()
             ((batch @ params[0] + params[1]) ** 2).mean().backward()
             optimiser.step()
-    for mine, reference, initial in zip(ours, theirs, start):
+    for mine, reference, initial in zip(ours, theirs, start, strict=True):
         assert not torch.equal(mine, initial)
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-7)

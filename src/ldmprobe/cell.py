@@ -25,6 +25,9 @@ from .storage import open_store
 log = logging.getLogger(__name__)
 
 
+TORCH_DTYPES = {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32}
+
+
 @dataclass(frozen=True)
 class Cell:
     source: str
@@ -33,19 +36,34 @@ class Cell:
     step: int
 
 
-def load_activations(manifest: pd.DataFrame, cell: Cell) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[n_images, tokens, channels], in manifest order, and the token grid."""
-    chunks, grid = [], None
-    for index, store_path in enumerate(manifest["store"]):
-        group = open_store(store_path)
+def load_activations(
+    manifest: pd.DataFrame,
+    cell: Cell,
+    rows: np.ndarray | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[len(rows), tokens, channels] of the manifest's ``rows`` (default: all, at least one)
+    in that order, as ``dtype`` (default: as stored), and the token grid. Filled image by image
+    into one tensor, so reading needs the result's memory and one image more."""
+    rows = np.arange(len(manifest)) if rows is None else np.asarray(rows)
+    stores = manifest["store"].to_numpy()
+    result, grid = None, None
+    for position, row in enumerate(rows):
+        group = open_store(stores[row])
         if grid is None:
             grid = token_grid(group, cell.source, cell.layer)
-        tokens = read_tokens(group, cell.source, cell.half, cell.layer, cell.step, store_path)
-        chunks.append(torch.from_numpy(np.ascontiguousarray(tokens)))
-        if (index + 1) % 100 == 0:
-            log.info("read %d/%d images", index + 1, len(manifest))
-    log.info("read %d images of %s %s step %d", len(manifest), cell.source, cell.layer, cell.step)
-    return torch.stack(chunks), grid
+        tokens = read_tokens(group, cell.source, cell.half, cell.layer, cell.step, stores[row])
+        if result is None:
+            result = torch.empty(
+                (len(rows), *tokens.shape), dtype=dtype or TORCH_DTYPES[tokens.dtype]
+            )
+        result[position] = torch.from_numpy(np.ascontiguousarray(tokens))
+        if (position + 1) % 100 == 0:
+            log.info("read %d/%d images", position + 1, len(rows))
+    if result is None:
+        raise ValueError("no images to read")
+    log.info("read %d images of %s %s step %d", len(rows), cell.source, cell.layer, cell.step)
+    return result, grid
 
 
 def run_cell(
@@ -55,36 +73,47 @@ def run_cell(
     weights_path: Path,
     metrics_path: Path,
 ) -> pd.DataFrame:
-    activations, (height, width) = load_activations(manifest, cell)
     split = manifest["split"].to_numpy()
-    parts = {
-        name: torch.from_numpy(np.flatnonzero(split == name)) for name in ("train", "val", "test")
-    }
+    parts = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ValueError("the probe needs at least one train and one test image; check the splits")
+    # Training reads every train image once per epoch: convert it to float32 once, while
+    # reading; validation and test stay as stored and are converted a few images at a time.
+    activations, grid = {}, None
+    for part, part_rows in parts.items():
+        if len(part_rows):
+            dtype = torch.float32 if part == "train" else None
+            activations[part], grid = load_activations(manifest, cell, part_rows, dtype)
+    activations.setdefault("val", activations["test"][:0])
+    height, width = grid
 
     tensors, training, rows = {}, {}, []
     for task_name, settings in tasks.items():
         task = TASKS[task_name]
-        labels = torch.from_numpy(
-            np.stack([load_label(path)["target"] for path in manifest[f"label_{task_name}"]])
-        )
+        paths = manifest[f"label_{task_name}"].to_numpy()
+        # Only the final image's target: a label file holds every preview's maps too.
+        targets = {
+            part: torch.from_numpy(
+                np.stack(
+                    [load_label(path, keys=("target",))["target"] for path in paths[part_rows]]
+                )
+            )
+            for part, part_rows in parts.items()
+            if len(part_rows)
+        }
+        targets.setdefault("val", targets["test"][:0])
         trained = train_probe(
             task.kind,
             settings,
-            activations.index_select(0, parts["train"]),
-            labels.index_select(0, parts["train"]),
-            activations.index_select(0, parts["val"]),
-            labels.index_select(0, parts["val"]),
+            activations["train"],
+            targets["train"],
+            activations["val"],
+            targets["val"],
             height,
             width,
         )
         test_metrics = evaluate(
-            trained,
-            activations.index_select(0, parts["test"]),
-            labels.index_select(0, parts["test"]).numpy(),
-            height,
-            width,
+            trained, activations["test"], targets["test"].numpy(), height, width
         )
         for row_index, values in zip(parts["test"].tolist(), test_metrics, strict=True):
             image = manifest.iloc[row_index]

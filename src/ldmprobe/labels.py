@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,12 +154,19 @@ def load_provenance(path: str | Path) -> dict:
         return json.loads(str(data["provenance"]))
 
 
-def load_label(path: str | Path, producer: str = "label") -> dict[str, np.ndarray]:
+LABEL_ARRAYS = ("target", "raw", "preview_target", "preview_raw")
+
+
+def load_label(
+    path: str | Path, producer: str = "label", keys: tuple[str, ...] = LABEL_ARRAYS
+) -> dict[str, np.ndarray]:
+    """The label file's ``keys`` arrays (each read only when asked: a file holds every
+    preview's maps too)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in ("target", "raw", "preview_target", "preview_raw")}
-    except (OSError, ValueError, KeyError, EOFError) as error:
+            return {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise RuntimeError(
             f"label file {path} is missing or corrupt ({error}); it is made by rule "
             f"'{producer}': delete it and rerun snakemake"

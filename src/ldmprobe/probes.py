@@ -86,7 +86,8 @@ class Adam:
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         correction2_sqrt = math.sqrt(1 - beta2**self.steps)
-        for param, first, second in zip(self.params, self.first_moments, self.second_moments):
+        moments = zip(self.params, self.first_moments, self.second_moments, strict=True)
+        for param, first, second in moments:
             if param.grad is None:
                 continue
             first.lerp_(param.grad, 1 - beta1)
