@@ -222,6 +222,23 @@ def test_label_job_writes_targets_raw_maps_and_provenance(models, tmp_path):
     assert provenance["labeler_info"]["options"]["session"] == "u2netp"
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_damaged_label_file_names_itself_and_its_rule(damage, tmp_path):
+    path = tmp_path / "label.npz"
+    maps = np.zeros((2, 4, 4), np.float32)
+    np.savez(path, target=maps[0], raw=maps[0], preview_target=maps, preview_raw=maps)
+    assert load_label(path, keys=("target",))["target"].shape == (4, 4)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file" * 10)
+    else:
+        path.unlink()
+    message = r"label file .*label\.npz is missing or corrupt.*rule 'label'"
+    with pytest.raises(RuntimeError, match=message):
+        load_label(path, keys=("target",))
+
+
 def test_preflight_lists_every_missing_model_with_how_to_get_it(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
