@@ -267,9 +267,9 @@ def main(argv=None) -> None:
         sizes = [size for size in sizes if size[0] in options.layers]
     codec = {"name": "blosc-zstd", "level": 3}
 
-    from ldmprobe.jobs import setup_logging
+    from ldmprobe.jobs import setup_job
 
-    setup_logging(None)
+    setup_job(None)
     import logging
 
     logging.getLogger("ldmprobe").setLevel(logging.WARNING)

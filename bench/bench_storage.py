@@ -102,9 +102,9 @@ def main(argv=None) -> None:
         options.images, options.size, options.steps = 1, 64, 2
     codecs = CODECS[:2] if options.tiny else CODECS
 
-    from ldmprobe.jobs import resolve_device, setup_logging
+    from ldmprobe.jobs import resolve_device, setup_job
 
-    setup_logging(None)
+    setup_job(None)
     import logging
 
     logging.getLogger("ldmprobe").setLevel(logging.WARNING)

@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.aggregate(
     list(snakemake.input.cells),
     snakemake.input.layers,

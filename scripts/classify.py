@@ -1,7 +1,7 @@
 from ldmprobe import jobs
 from ldmprobe.classify import classify_job
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 classify_job(
     model=snakemake.params.model,
     allow_download=snakemake.params.allow_download,

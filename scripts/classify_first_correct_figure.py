@@ -1,7 +1,7 @@
 from ldmprobe import jobs
 from ldmprobe.classify import first_correct_figure_job
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 # A list input: the one emergence table when classification.compare_with_probes is set, or empty.
 emergence = list(snakemake.input.emergence)
 first_correct_figure_job(

@@ -1,7 +1,7 @@
 from ldmprobe import jobs
 from ldmprobe.classify import summary_job
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 summary_job(
     curves_paths=list(snakemake.input.curves),
     top_k=snakemake.params.top_k,

@@ -1,7 +1,7 @@
 from ldmprobe import jobs
 from ldmprobe.classify import topk_figure_job
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 topk_figure_job(
     topk_path=snakemake.input.topk,
     curves_path=snakemake.input.curves,

@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.emergence(
     per_image_path=snakemake.input[0],
     task_kinds=dict(snakemake.params.task_kinds),

@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.label(
     task=snakemake.wildcards.task,
     task_config=snakemake.params.task,

@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.labeler_scores(
     manifest_path=snakemake.input.manifest,
     settings=snakemake.params.settings,

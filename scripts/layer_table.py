@@ -1,6 +1,6 @@
 from ldmprobe import jobs
 
-jobs.setup_logging(snakemake.log[0], snakemake.threads)
+jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.layer_table(
     snakemake.params.model,
     snakemake.params.allow_download,

@@ -19,13 +19,11 @@ import torch
 from .controls import read_tokens, token_grid
 from .io import atomic_file, write_csv
 from .labels import TASKS, load_label
+from .metrics import image_rows
 from .probes import ProbeSettings, evaluate, state_tensors, train_probe
 from .storage import open_store
 
 log = logging.getLogger(__name__)
-
-
-TORCH_DTYPES = {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32}
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,10 @@ def load_activations(
         if grid is None:
             grid = token_grid(group, cell.source, cell.layer)
         tokens = read_tokens(group, cell.source, cell.half, cell.layer, cell.step, stores[row])
+        tokens = torch.from_numpy(np.ascontiguousarray(tokens))
         if result is None:
-            result = torch.empty(
-                (len(rows), *tokens.shape), dtype=dtype or TORCH_DTYPES[tokens.dtype]
-            )
-        result[position] = torch.from_numpy(np.ascontiguousarray(tokens))
+            result = torch.empty((len(rows), *tokens.shape), dtype=dtype or tokens.dtype)
+        result[position] = tokens
         if (position + 1) % 100 == 0:
             log.info("read %d/%d images", position + 1, len(rows))
     if result is None:
@@ -116,17 +113,7 @@ def run_cell(
             trained, activations["test"], targets["test"].numpy(), height, width
         )
         for row_index, values in zip(parts["test"].tolist(), test_metrics, strict=True):
-            image = manifest.iloc[row_index]
-            for metric, value in values.items():
-                rows.append(
-                    {
-                        "prompt_id": image["prompt_id"],
-                        "seed": image["seed"],
-                        "task": task_name,
-                        "metric": metric,
-                        "value": value,
-                    }
-                )
+            rows.extend(image_rows(manifest.iloc[row_index], task_name, values))
         tensors.update(state_tensors(trained, task_name))
         training[task_name] = {
             "chosen_epoch": trained.chosen_epoch,

@@ -65,9 +65,10 @@ def labeler_scores(
         kind = TASKS[task_name].kind
         column = f"label_{task_name}"
         train = manifest[manifest["split"] == "train"][column]
-        mean, std = target_scaling(kind, settings, [load_label(p)["target"] for p in train])
+        train_targets = [load_label(p, keys=("target",))["target"] for p in train]
+        mean, std = target_scaling(kind, settings, train_targets)
         for _, image in test.iterrows():
-            label = load_label(image[column])
+            label = load_label(image[column], keys=("target", "preview_target"))
             chosen = range(len(label["preview_target"])) if steps is None else steps
             for step in chosen:
                 preview = label["preview_target"][step]
@@ -77,17 +78,7 @@ def labeler_scores(
                     values = metrics.image_metrics(
                         "continuous", (preview - mean) / std, (label["target"] - mean) / std
                     )
-                for metric, value in values.items():
-                    rows.append(
-                        {
-                            "prompt_id": image["prompt_id"],
-                            "seed": image["seed"],
-                            "task": task_name,
-                            "metric": metric,
-                            "value": value,
-                            "step": step,
-                        }
-                    )
+                rows.extend(metrics.image_rows(image, task_name, values, step=step))
         log.info("%s: labeler on %d test images' previews", task_name, len(test))
     table = pd.DataFrame(
         rows, columns=["prompt_id", "seed", "task", "metric", "value", "step"]

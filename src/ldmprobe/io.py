@@ -47,6 +47,16 @@ def pause_point(point: str, path: str | Path) -> None:
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
+def rerun_advice(path: str | Path, producer: str) -> str:
+    """How to remake a damaged output: the end of the message that names it."""
+    # Deleting the file alone is not enough: Snakemake reruns a job whose output is missing
+    # only when a job downstream of it has to run, and the outputs downstream still exist.
+    return (
+        f"it is made by rule '{producer}': delete it and run snakemake again with "
+        f"--forcerun {path} (that job and everything downstream of it rerun)"
+    )
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     # A writer killed mid-write (SIGKILL, node failure) leaves its temporary behind, and no
     # workflow rule owns it. Each output has one writer at a time, so any earlier temporary of

@@ -18,8 +18,9 @@ from .io import write_json
 log = logging.getLogger("ldmprobe")
 
 
-def setup_logging(log_path: str | None, threads: int | None = None) -> None:
-    """Send this job's log lines (and Python warnings) to its Snakemake log file.
+def setup_job(log_path: str | None, threads: int | None = None) -> None:
+    """Set up a job's process: its log lines, Python warnings and uncaught errors go to its
+    Snakemake log file, and its thread pools get the job's thread budget.
 
     ``threads``: the job's thread budget (Snakemake's ``threads``), given to the OpenMP and
     MKL pools that torch and onnxruntime size themselves by, as Snakemake does for shell jobs;

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError
-from .io import atomic_file
+from .io import atomic_file, rerun_advice
 from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
 from .labelers.depth import DPTDepth
 from .models import ModelRef
@@ -168,6 +168,5 @@ def load_label(
             return {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise RuntimeError(
-            f"label file {path} is missing or corrupt ({error}); it is made by rule "
-            f"'{producer}': delete it and rerun snakemake"
+            f"label file {path} is missing or corrupt ({error}); {rerun_advice(path, producer)}"
         ) from error

@@ -113,6 +113,22 @@ def image_metrics(task_kind: str, pred: np.ndarray, target: np.ndarray) -> dict[
     raise ValueError(f"unknown task kind {task_kind!r}; expected 'binary' or 'continuous'")
 
 
+def image_rows(image, task: str, values: dict[str, float], **extra) -> list[dict]:
+    """Tidy per-image rows (prompt_id, seed, task, metric, value, extra columns) of one
+    image's ``image_metrics``; ``image`` is its manifest row."""
+    return [
+        {
+            "prompt_id": image["prompt_id"],
+            "seed": image["seed"],
+            "task": task,
+            "metric": metric,
+            "value": value,
+            **extra,
+        }
+        for metric, value in values.items()
+    ]
+
+
 def upsample_nearest(arr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour upsampling of the last two axes by an integer factor.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import pause_point
+from .io import pause_point, rerun_advice
 
 HALVES = {"uncond": 0, "cond": 1}
 
@@ -113,29 +113,20 @@ def create_store(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], cod
     return group
 
 
-def _heal(path: str | Path, producer: str) -> str:
-    # Deleting the store alone is not enough: Snakemake reruns a job whose output is missing
-    # only when a job downstream of it has to run, and the manifest downstream still exists.
-    return (
-        f"it is made by rule '{producer}': delete it and run snakemake again with "
-        f"--forcerun {path} (that job and everything downstream of it rerun)"
-    )
-
-
 def open_store(path: str | Path, producer: str = "generate"):
     import zarr
 
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(
-            f"activation store {path} is missing or incomplete; {_heal(path, producer)}"
+            f"activation store {path} is missing or incomplete; {rerun_advice(path, producer)}"
         )
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as error:
         raise StoreError(
             f"activation store {path} is corrupt: cannot open it ({type(error).__name__}: "
-            f"{error}); {_heal(path, producer)}"
+            f"{error}); {rerun_advice(path, producer)}"
         ) from error
 
 
@@ -148,14 +139,14 @@ def read_chunk(
     except KeyError as error:
         raise StoreError(
             f"activation store {store_path} has no array {path!r} (made with another "
-            f"configuration?); {_heal(store_path, producer)}"
+            f"configuration?); {rerun_advice(store_path, producer)}"
         ) from error
     try:
         values = array[step]
     except Exception as error:
         raise StoreError(
             f"activation store {store_path} is corrupt: cannot read {path!r} step {step} "
-            f"({type(error).__name__}: {error}); {_heal(store_path, producer)}"
+            f"({type(error).__name__}: {error}); {rerun_advice(store_path, producer)}"
         ) from error
     # Zarr returns the fill value for a chunk file that is absent: a truncated store.
     # (The files of step ``step`` lie under c/<step>/, one per chunk of the other dimensions.)
@@ -165,6 +156,6 @@ def read_chunk(
     if chunk_absent:
         raise StoreError(
             f"activation store {store_path} is incomplete: chunk {step} of {path!r} is missing; "
-            f"{_heal(store_path, producer)}"
+            f"{rerun_advice(store_path, producer)}"
         )
     return values
