@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import pstats
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +32,9 @@ DEMO_LABELERS = {
 }
 
 
-def write_config(work: Path, count: int) -> Path:
-    """The reference config with ``count`` generated prompts and the demo architecture.
+def write_config(work: Path, count: int, images_per_job: int | None) -> Path:
+    """The reference config with ``count`` generated prompts and the demo architecture;
+    ``images_per_job`` replaces the config's unless None.
 
     The prompts are spread over the config's prompt files (the reference has a train and a
     test table, each entry naming its split), written with the config's column names.
@@ -59,7 +61,9 @@ def write_config(work: Path, count: int) -> Path:
     if "preflight" in load_schema()["properties"]:
         # A dry run writes nothing; the reference study's terabytes need not fit in /tmp.
         config["preflight"] = {"check_free_space": False}
-    path = work / f"config-{count}.yaml"
+    if images_per_job is not None:
+        config["images_per_job"] = images_per_job
+    path = work / f"config-{count}-{config['images_per_job']}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -93,7 +97,9 @@ def job_counts(stdout: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
             break
-        counts[parts[0]] = int(parts[1])
+        # A batch rule's jobs count under its stage: generate_batch7 -> generate.
+        stage = re.sub(r"_batch\d+$", "", parts[0])
+        counts[stage] = counts.get(stage, 0) + int(parts[1])
     return counts
 
 
@@ -101,6 +107,13 @@ def main(argv=None) -> None:
     args = parser(__doc__.split("\n\n")[0])
     args.add_argument("--prompts", type=int, nargs="+", default=[1000, 10000])
     args.add_argument("--reps", type=int, default=2, help="dry runs per table size")
+    args.add_argument(
+        "--images-per-job",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="images_per_job values to measure (default: the reference config's)",
+    )
     args.add_argument(
         "--profile", action="store_true", help="one more dry run under cProfile: where time goes"
     )
@@ -110,19 +123,20 @@ def main(argv=None) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         work = Path(tmp)
-        configs = {}
-        for count in counts:
-            configs[count] = write_config(work, count)
-        checkpoint = measure_command(
-            snakemake(work, configs[counts[0]], "results/model/layers.json"), env=env
-        )
+        configs = {
+            (count, images): write_config(work, count, images)
+            for count in counts
+            for images in options.images_per_job
+        }
+        first = next(iter(configs.values()))
+        checkpoint = measure_command(snakemake(work, first, "results/model/layers.json"), env=env)
         if checkpoint["rc"] != 0:
             raise RuntimeError(f"layer_table failed:\n{checkpoint['stderr'][-3000:]}")
-        for count in counts:
+        for (count, _images), config_path in configs.items():
             load_before = load()
-            runs = [measure_command(snakemake(work, configs[count], "-n"), env=env)]
+            runs = [measure_command(snakemake(work, config_path, "-n"), env=env)]
             runs += [
-                measure_command(snakemake(work, configs[count], "-n"), env=env)
+                measure_command(snakemake(work, config_path, "-n"), env=env)
                 for _ in range(reps - 1)
             ]
             failed = [run for run in runs if run["rc"] != 0]
@@ -144,11 +158,12 @@ def main(argv=None) -> None:
                 "grid": "reference: all layers x all steps",
                 "layers": 16,
                 "steps": 15,
+                "images_per_job": yaml.safe_load(config_path.read_text())["images_per_job"],
                 "target_s": 10 if count == 1000 else None,
                 "tiny": options.tiny,
             }
             if options.profile:
-                results["profile_top"] = profile_dry_run(work, configs[count], env)
+                results["profile_top"] = profile_dry_run(work, config_path, env)
             record(options.results_dir, "dag_scale", "cpu", config, results)
 
 

@@ -91,6 +91,7 @@ def main(argv=None) -> None:
         settings = {
             "config": "config/demo.yaml",
             "cores": options.cores,
+            "images_per_job": yaml.safe_load(config.read_text()).get("images_per_job", 1),
             "target_s": 300,
             "tiny": options.tiny,
         }

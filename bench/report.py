@@ -171,6 +171,7 @@ def dag_rows(records, machines):
                 machines.ref(r),
                 " ".join(f"{v:.1f}" for v in x["load_before"]),
                 f"{c['prompts']:,}",
+                str(c.get("images_per_job", 1)),
                 f"{x['jobs'].get('total', 0):,}",
                 " ".join(f"{s:.1f}" for s in x["wall_s"]),
                 "**" + " ".join(f"{s:.1f}" for s in x["cpu_s"]) + "**",
@@ -182,6 +183,7 @@ def dag_rows(records, machines):
         "machine",
         "load before",
         "prompts",
+        "images per job",
         "jobs",
         "wall s",
         "CPU s",
@@ -200,6 +202,7 @@ def demo_rows(records, machines):
                 machines.ref(r),
                 " ".join(f"{v:.1f}" for v in x["load_before"]),
                 c["cores"],
+                str(c.get("images_per_job", 1)),
                 x["jobs"],
                 f"{x['workflow_s']:.0f}",
                 f"{x['report_s']:.0f}",
@@ -210,11 +213,12 @@ def demo_rows(records, machines):
         )
     if not records:
         pending = f"pending: `{PENDING['demo_end_to_end']}` on an idle machine"
-        rows.append(["2-core CPU", "", "2", "", pending, *[""] * 4])
+        rows.append(["2-core CPU", "", "2", "", "", pending, *[""] * 4])
     header = [
         "machine",
         "load before",
         "cores",
+        "images per job",
         "jobs",
         "workflow s",
         "report s",
@@ -254,6 +258,39 @@ def calls_rows(records, machines):
     return table(header, rows)
 
 
+def cluster_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                c["way"],
+                str(c["images_per_job"]),
+                str(x["slurm_jobs"]),
+                f"{x['generate_jobs']} + {x['label_jobs']}",
+                f"**{x['wall_per_image_s']:.1f}**",
+                f"{x['model_loads_per_image_s']:.1f}",
+                f"{x['generation_and_labels_per_image_s']:.1f}",
+                f"{x['rest_per_image_s']:.1f}",
+            ]
+        )
+    header = [
+        "machine",
+        "load before",
+        "way",
+        "images per job",
+        "SLURM jobs",
+        "generate + label jobs",
+        "wall s per image",
+        "model loads s per image",
+        "work s per image",
+        "rest s per image",
+    ]
+    return table(header, rows)
+
+
 RENDERERS = {
     "dump_overhead": dump_rows,
     "probe_cell": probe_rows,
@@ -261,6 +298,7 @@ RENDERERS = {
     "dag_scale": dag_rows,
     "demo_end_to_end": demo_rows,
     "unet_calls": calls_rows,
+    "cluster_images": cluster_rows,
 }
 
 

@@ -14,54 +14,82 @@ rule classification:
         ),
 
 
-rule classify_generate:
-    input:
-        model_input(CONFIG["models"]["diffusion"]),
-    output:
-        image=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/image.png",
-        previews=directory(f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/previews"),
-        latents=directory(f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/latents.zarr"),
-        meta=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/meta.json",
-    log:
-        f"{LOGS}/classify_generate/{{prompt_id}}/{{seed}}.log",
-    conda:
-        "../envs/generate.yaml"
-    resources:
-        gpu=gpu_count(CONFIG["generation"]["device"]),
-    params:
-        prompt=lambda wildcards: classification_row(wildcards)["prompt"],
-        model=CONFIG["models"]["diffusion"],
-        allow_download=ALLOW_DOWNLOAD,
-        generation=CLASSIFY_GENERATION,
-    script:
-        "../scripts/classify_generate.py"
+CLASSIFY_DIR = f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}"
+CLASSIFY_PREDICTIONS = f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}"
+
+for rule_name, batch in image_rules("classify_generate", CLASSIFY_KEYS):
+
+    rule:
+        name:
+            rule_name
+        input:
+            model_input(CONFIG["models"]["diffusion"]),
+        output:
+            image=image_files(f"{CLASSIFY_DIR}/image.png", batch),
+            previews=directory(image_files(f"{CLASSIFY_DIR}/previews", batch)),
+            latents=directory(image_files(f"{CLASSIFY_DIR}/latents.zarr", batch)),
+            meta=image_files(f"{CLASSIFY_DIR}/meta.json", batch),
+        log:
+            image_log(f"{LOGS}/classify_generate", batch),
+        group:
+            image_group(batch)
+        conda:
+            "../envs/generate.yaml"
+        resources:
+            **gpu_resources(CONFIG["generation"]["device"], batch),
+        params:
+            images=image_fields(
+                lambda prompt_id, seed: {
+                    "prompt": CLASSIFY_ROWS[(prompt_id, seed)]["prompt"],
+                    "seed": seed,
+                },
+                batch,
+            ),
+            model=CONFIG["models"]["diffusion"],
+            allow_download=ALLOW_DOWNLOAD,
+            generation=CLASSIFY_GENERATION,
+        script:
+            "../scripts/classify_generate.py"
 
 
-rule classify:
-    input:
-        image=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/image.png",
-        previews=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/previews",
-        meta=f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}/meta.json",
-        model=model_input(CLASSIFICATION["model"]),
-    output:
-        topk=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/topk.csv",
-        curves=f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}/curves.csv",
-    log:
-        f"{LOGS}/classify/{{prompt_id}}/{{seed}}.log",
-    conda:
-        "../envs/labels.yaml"
-    resources:
-        gpu=gpu_count(CLASSIFICATION["device"]),
-    params:
-        target=lambda wildcards: int(classification_row(wildcards)["class_index"]),
-        model=CLASSIFICATION["model"],
-        allow_download=ALLOW_DOWNLOAD,
-        device=CLASSIFICATION["device"],
-        batch_size=CLASSIFICATION["batch_size"],
-        top_k=CLASSIFICATION["top_k"],
-        kinds=CLASSIFICATION["preview_kinds"],
-    script:
-        "../scripts/classify.py"
+for rule_name, batch in image_rules("classify", CLASSIFY_KEYS):
+
+    rule:
+        name:
+            rule_name
+        input:
+            image=image_files(f"{CLASSIFY_DIR}/image.png", batch),
+            previews=image_files(f"{CLASSIFY_DIR}/previews", batch),
+            meta=image_files(f"{CLASSIFY_DIR}/meta.json", batch),
+            model=model_input(CLASSIFICATION["model"]),
+        output:
+            topk=image_files(f"{CLASSIFY_PREDICTIONS}/topk.csv", batch),
+            curves=image_files(f"{CLASSIFY_PREDICTIONS}/curves.csv", batch),
+        log:
+            image_log(f"{LOGS}/classify", batch),
+        group:
+            image_group(batch)
+        conda:
+            "../envs/labels.yaml"
+        resources:
+            **gpu_resources(CLASSIFICATION["device"], batch),
+        params:
+            images=image_fields(
+                lambda prompt_id, seed: {
+                    "prompt_id": prompt_id,
+                    "seed": seed,
+                    "target": CLASSIFY_ROWS[(prompt_id, seed)]["class_index"],
+                },
+                batch,
+            ),
+            model=CLASSIFICATION["model"],
+            allow_download=ALLOW_DOWNLOAD,
+            device=CLASSIFICATION["device"],
+            batch_size=CLASSIFICATION["batch_size"],
+            top_k=CLASSIFICATION["top_k"],
+            kinds=CLASSIFICATION["preview_kinds"],
+        script:
+            "../scripts/classify.py"
 
 
 rule classify_summary:
@@ -119,7 +147,9 @@ rule classify_topk_figure:
     conda:
         "../envs/report.yaml"
     params:
-        prompt=lambda wildcards: classification_row(wildcards)["prompt"],
+        prompt=lambda wildcards: CLASSIFY_ROWS[
+            (wildcards.prompt_id, int(wildcards.seed))
+        ]["prompt"],
         note=random_weights_note(),
     script:
         "../scripts/classify_topk_figure.py"

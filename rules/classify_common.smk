@@ -14,12 +14,18 @@ if CLASSIFICATION["enabled"]:
         fail(error)
 
 
-def classification_row(wildcards):
-    rows = CLASSIFY_PROMPTS[
-        (CLASSIFY_PROMPTS.prompt_id == wildcards.prompt_id)
-        & (CLASSIFY_PROMPTS.seed == int(wildcards.seed))
-    ]
-    return rows.iloc[0]
+# (prompt id, seed) -> prompt and target class; the keys in the tables' order for batches.
+CLASSIFY_ROWS = {}
+CLASSIFY_KEYS = []
+if CLASSIFY_PROMPTS is not None:
+    CLASSIFY_KEYS = table_order(CLASSIFY_PROMPTS, CLASSIFICATION["prompts"]["files"])
+    CLASSIFY_ROWS = {
+        (row.prompt_id, int(row.seed)): {
+            "prompt": row.prompt,
+            "class_index": int(row.class_index),
+        }
+        for row in CLASSIFY_PROMPTS.itertuples()
+    }
 
 
 def classification_images(pattern):

@@ -1,7 +1,9 @@
 # Configuration, prompt table and helpers. This runs at parse time in every job (also in each
 # cluster job), so it only reads small files: the config, the prompt table, model folders.
 import json
+import os
 
+from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
@@ -82,20 +84,70 @@ def model_input(model):
     return [model["id"]] if built_by_workflow(model) else []
 
 
-def gpu_count(device):
-    return 0 if device == "cpu" else 1
+# Site settings of the GPU jobs, from the environment like the rest of the site settings
+# (partition of the CPU jobs, account: profiles/slurm/config.yaml). They are the rules' own
+# because a batch rule's name is not known to the profile.
+GPU_PARTITION = os.environ.get("LDMPROBE_GPU_PARTITION", "gpu")
+GPU_MODEL = os.environ.get("LDMPROBE_GPU_MODEL")
 
 
-def image_dir(prompt_id, seed):
-    return f"{RESULTS}/generation/{prompt_id}/{seed}"
+def gpu_resources(device, batch):
+    """Resources of a per-image stage's job on its GPU (gpu 0 for a stage on `device: cpu`);
+    runtime in minutes: a model load and 2 minutes an image, both growing with the attempt.
+    """
+    images = 1 if batch is None else len(batch.keys)
+    resources = {
+        "gpu": 0 if device == "cpu" else 1,
+        "slurm_partition": GPU_PARTITION,
+        "cpus_per_gpu": 4,
+        "mem_mb": lambda wildcards, attempt: 16000 * attempt,
+        "runtime": lambda wildcards, attempt: (8 + 2 * images) * attempt,
+    }
+    if GPU_MODEL:
+        resources["gpu_model"] = GPU_MODEL
+    return resources
+
+
+def image_rules(stage, keys):
+    """Name and batch of each of a per-image stage's rules. With images_per_job 1, one
+    wildcard rule named `stage` (batch None); else `stage`_batch<i> for each batch of the
+    (prompt id, seed) keys."""
+    if CONFIG["images_per_job"] == 1:
+        return [(stage, None)]
+    return [
+        (f"{stage}_batch{batch.index}", batch)
+        for batch in image_batches(keys, CONFIG["images_per_job"])
+    ]
+
+
+def image_files(pattern, batch):
+    """A per-image path pattern: as is for the wildcard rule, else one path per image."""
+    return pattern if batch is None else batch_paths(pattern, batch)
+
+
+def image_log(folder, batch):
+    if batch is None:
+        return f"{folder}/{{prompt_id}}/{{seed}}.log"
+    return f"{folder}/batch{batch.index}.log"
+
+
+def image_fields(fields, batch):
+    """A rule's `images` param: fields(prompt_id, seed) of each of its images."""
+    if batch is None:
+        return lambda wildcards: [fields(wildcards.prompt_id, int(wildcards.seed))]
+    return [fields(prompt_id, seed) for prompt_id, seed in batch.keys]
+
+
+def image_group(batch):
+    """On a cluster, 16 single-image jobs (profile's group-components) or one batch's jobs of
+    every stage go to SLURM as one job; locally groups are ignored."""
+    return "images" if batch is None else "image-batches"
 
 
 # A dict, not a DataFrame filter per job: that made the DAG quadratic in the table's rows.
 PROMPT_TEXT = dict(zip(zip(PROMPTS.prompt_id, PROMPTS.seed), PROMPTS.prompt))
-
-
-def prompt_of(wildcards):
-    return PROMPT_TEXT[(wildcards.prompt_id, int(wildcards.seed))]
+# Batches follow the tables' own order, so appended rows leave the full batches alone.
+PROMPT_KEYS = table_order(PROMPTS, CONFIG["prompts"]["files"])
 
 
 def per_image(pattern):

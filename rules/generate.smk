@@ -1,27 +1,42 @@
 include: "controls_common.smk"
 
 
-# One job per (prompt id, seed): image, previews, latents and self-attention activations.
-rule generate:
-    input:
-        model_input(CONFIG["models"]["diffusion"]),
-    output:
-        image=f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/image.png",
-        previews=directory(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/previews"),
-        store=directory(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/activations.zarr"),
-        meta=f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json",
-    log:
-        f"{LOGS}/generate/{{prompt_id}}/{{seed}}.log",
-    conda:
-        "../envs/generate.yaml"
-    resources:
-        gpu=gpu_count(CONFIG["generation"]["device"]),
-    params:
-        prompt=prompt_of,
-        model=CONFIG["models"]["diffusion"],
-        allow_download=ALLOW_DOWNLOAD,
-        generation=CONFIG["generation"],
-        controls=generation_controls(),
-        prompt_encoding=CONFIG["prompts"]["encoding"],
-    script:
-        "../scripts/generate.py"
+GENERATION_DIR = f"{RESULTS}/generation/{{prompt_id}}/{{seed}}"
+
+# One job per (prompt id, seed), or per batch of images_per_job of them: image, previews,
+# latents and self-attention activations.
+for rule_name, batch in image_rules("generate", PROMPT_KEYS):
+
+    rule:
+        name:
+            rule_name
+        input:
+            model_input(CONFIG["models"]["diffusion"]),
+        output:
+            image=image_files(f"{GENERATION_DIR}/image.png", batch),
+            previews=directory(image_files(f"{GENERATION_DIR}/previews", batch)),
+            store=directory(image_files(f"{GENERATION_DIR}/activations.zarr", batch)),
+            meta=image_files(f"{GENERATION_DIR}/meta.json", batch),
+        log:
+            image_log(f"{LOGS}/generate", batch),
+        group:
+            image_group(batch)
+        conda:
+            "../envs/generate.yaml"
+        resources:
+            **gpu_resources(CONFIG["generation"]["device"], batch),
+        params:
+            images=image_fields(
+                lambda prompt_id, seed: {
+                    "prompt": PROMPT_TEXT[(prompt_id, seed)],
+                    "seed": seed,
+                },
+                batch,
+            ),
+            model=CONFIG["models"]["diffusion"],
+            allow_download=ALLOW_DOWNLOAD,
+            generation=CONFIG["generation"],
+            controls=generation_controls(),
+            prompt_encoding=CONFIG["prompts"]["encoding"],
+        script:
+            "../scripts/generate.py"

@@ -1,4 +1,5 @@
 from ldmprobe import jobs
+from ldmprobe.batches import image_entries
 from ldmprobe.classify import classify_job
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
@@ -9,12 +10,12 @@ classify_job(
     batch_size=snakemake.params.batch_size,
     top_k=snakemake.params.top_k,
     kinds=snakemake.params.kinds,
-    target=snakemake.params.target,
-    prompt_id=snakemake.wildcards.prompt_id,
-    seed=int(snakemake.wildcards.seed),
-    image=snakemake.input.image,
-    previews=snakemake.input.previews,
-    meta=snakemake.input.meta,
-    topk_path=snakemake.output.topk,
-    curves_path=snakemake.output.curves,
+    images=image_entries(
+        snakemake.params.images,
+        image=snakemake.input.image,
+        previews=snakemake.input.previews,
+        meta=snakemake.input.meta,
+        topk=snakemake.output.topk,
+        curves=snakemake.output.curves,
+    ),
 )

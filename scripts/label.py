@@ -1,4 +1,5 @@
 from ldmprobe import jobs
+from ldmprobe.batches import image_entries
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.label(
@@ -7,7 +8,10 @@ jobs.label(
     allow_download=snakemake.params.allow_download,
     device=snakemake.params.device,
     batch_size=snakemake.params.batch_size,
-    image=snakemake.input.image,
-    previews=snakemake.input.previews,
-    out_path=snakemake.output[0],
+    images=image_entries(
+        snakemake.params.images,
+        image=snakemake.input.image,
+        previews=snakemake.input.previews,
+        out=snakemake.output,
+    ),
 )

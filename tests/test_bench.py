@@ -99,10 +99,33 @@ def test_dag_scale_dry_runs_the_whole_grid(tmp_path):
     tasks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["labels"]["tasks"]
     # One generate job per prompt, one label job per (prompt, task); at least one probe job
     # per (layer, step) cell of the U-Net (the controls add their own cells).
-    prompts = entry["config"]["prompts"]
-    assert jobs["generate"] == prompts
-    assert jobs["label"] == prompts * len(tasks)
+    # Batch rules count under their stage (generate_batch0 -> generate).
+    batches = -(-entry["config"]["prompts"] // entry["config"]["images_per_job"])
+    assert jobs["generate"] == batches
+    assert jobs["label"] == batches * len(tasks)
     assert jobs["probe"] >= 16 * 15
+
+
+def test_cluster_bench_sums_the_seconds_the_job_logs_give(tmp_path):
+    import bench_cluster
+
+    generate = tmp_path / "batch0.log"
+    generate.write_text(
+        "2026-11-23 08:00:00,000 INFO ldmprobe: pipeline loaded in 6.5 s\n"
+        "2026-11-23 08:00:02,000 INFO ldmprobe: image 1/2 generated in 1.2 s\n"
+        "2026-11-23 08:00:03,000 INFO ldmprobe: image 2/2 generated in 0.8 s\n"
+    )
+    label = tmp_path / "label.log"
+    label.write_text(
+        "... INFO ldmprobe: depth labeler Intel/dpt-large loaded in 2.0 s\n"
+        "... INFO ldmprobe: image 1/1: labelled a.png and 15 previews for depth in 0.5 s\n"
+    )
+    assert bench_cluster.logged_seconds([generate], bench_cluster.GENERATE_LOAD) == 6.5
+    assert bench_cluster.logged_seconds(
+        [generate, generate], bench_cluster.GENERATE_WORK
+    ) == pytest.approx(4.0)
+    assert bench_cluster.logged_seconds([label], bench_cluster.LABEL_LOAD) == 2.0
+    assert bench_cluster.logged_seconds([label], bench_cluster.LABEL_WORK) == 0.5
 
 
 def test_demo_end_to_end_plans_the_demo(tmp_path):

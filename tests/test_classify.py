@@ -464,7 +464,7 @@ def test_classify_job_on_a_generated_image(vgg16, tmp_path):
             Image.fromarray(pixels).save(generation / "previews" / kind / f"step{step:03d}.png")
     shutil.copy(generation / "previews/x0/step002.png", generation / "image.png")
     (generation / "meta.json").write_text(json.dumps({"unet_calls": 3, "timesteps": [999, 500, 1]}))
-    paths = {"topk_path": tmp_path / "topk.csv", "curves_path": tmp_path / "curves.csv"}
+    paths = {"topk": tmp_path / "topk.csv", "curves": tmp_path / "curves.csv"}
     classify_job(
         model={"id": str(vgg16)},
         allow_download=False,
@@ -472,16 +472,20 @@ def test_classify_job_on_a_generated_image(vgg16, tmp_path):
         batch_size=4,
         top_k=5,
         kinds=["x0", "xt"],
-        target=951,
-        prompt_id="lemon",
-        seed=11,
-        image=str(generation / "image.png"),
-        previews=str(generation / "previews"),
-        meta=str(generation / "meta.json"),
-        **{key: str(path) for key, path in paths.items()},
+        images=[
+            {
+                "prompt_id": "lemon",
+                "seed": 11,
+                "target": 951,
+                "image": str(generation / "image.png"),
+                "previews": str(generation / "previews"),
+                "meta": str(generation / "meta.json"),
+                **{key: str(path) for key, path in paths.items()},
+            }
+        ],
     )
-    topk = pd.read_csv(paths["topk_path"])
-    curves = pd.read_csv(paths["curves_path"])
+    topk = pd.read_csv(paths["topk"])
+    curves = pd.read_csv(paths["curves"])
     assert len(topk) == (2 * 3 + 1) * 5
     assert list(topk.columns) == [
         "prompt_id", "seed", "kind", "step", "timestep", "rank", "class_index", "class_id",

@@ -64,41 +64,68 @@ def test_permutation_keeps_values_and_biases_and_follows_the_seed():
     assert not torch.equal(again[0].weight, module[0].weight)
 
 
+GENERATION = {
+    "scheduler": "lms",
+    "steps": 3,
+    "guidance_scale": 7.5,
+    "height": 64,
+    "width": 64,
+    "dtype": "float32",
+    "device": "cpu",
+    "cfg_half": "cond",
+    "previews": ["x0"],
+    "codec": {"name": "zstd", "level": 1},
+}
+CONTROLS = {
+    "permuted_unet": {"enabled": True, "seed": 3, "layers": ["up3.2", "mid.0"]},
+    "vae": {"enabled": True, "latent": "x0"},
+}
+
+
+def generation_job(demo_models, images: list[tuple[str, int, object]]) -> None:
+    """The generate job with every control on: (prompt, seed, output folder) per image."""
+    jobs.generate(
+        model={"id": str(demo_models / "stable-diffusion")},
+        allow_download=False,
+        generation=GENERATION,
+        images=[
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "image": str(out / "image.png"),
+                "previews": str(out / "previews"),
+                "store": str(out / "activations.zarr"),
+                "meta": str(out / "meta.json"),
+            }
+            for prompt, seed, out in images
+        ],
+        controls=CONTROLS,
+        prompt_encoding="iso-8859-1",
+    )
+
+
 @pytest.fixture(scope="module")
 def controlled(demo_models, tmp_path_factory):
     """One 64 px, 3-step generation with every control on, through the job function."""
     out = tmp_path_factory.mktemp("controls")
-    generation = {
-        "scheduler": "lms",
-        "steps": 3,
-        "guidance_scale": 7.5,
-        "height": 64,
-        "width": 64,
-        "dtype": "float32",
-        "device": "cpu",
-        "cfg_half": "cond",
-        "previews": ["x0"],
-        "codec": {"name": "zstd", "level": 1},
-    }
-    controls = {
-        "permuted_unet": {"enabled": True, "seed": 3, "layers": ["up3.2", "mid.0"]},
-        "vae": {"enabled": True, "latent": "x0"},
-    }
-    jobs.generate(
-        model={"id": str(demo_models / "stable-diffusion")},
-        allow_download=False,
-        generation=generation,
-        prompt=PROMPT,
-        seed=SEED,
-        image=str(out / "image.png"),
-        previews=str(out / "previews"),
-        store=str(out / "activations.zarr"),
-        meta=str(out / "meta.json"),
-        controls=controls,
-        prompt_encoding="iso-8859-1",
-    )
+    generation_job(demo_models, [(PROMPT, SEED, out)])
     group = zarr.open_group(str(out / "activations.zarr"), mode="r")
     return out, group, json.loads((out / "meta.json").read_text())
+
+
+def test_a_job_of_two_images_writes_what_a_job_each_writes(controlled, demo_models, tmp_path):
+    """One pipeline for a batch: the image generated second (after another one, its permuted
+    replay and VAE capture) is byte for byte the single-image job's, store, previews, meta."""
+    single, _group, _meta = controlled
+    first, second = tmp_path / "first", tmp_path / "second"
+    generation_job(demo_models, [("a boat on a lake", 11, first), (PROMPT, SEED, second)])
+    files = sorted(path.relative_to(single) for path in single.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    assert any(PERMUTED in path.parts for path in files)
+    assert any(VAE in path.parts for path in files)
+    for path in files:
+        assert (single / path).read_bytes() == (second / path).read_bytes(), path
+    assert (first / "image.png").read_bytes() != (second / "image.png").read_bytes()
 
 
 def test_meta_records_controls_and_prompt_encoding(controlled):

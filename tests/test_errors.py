@@ -212,7 +212,7 @@ def test_damaged_store_names_its_path_and_rule(store, damage, fragment):
     message = str(caught.value)
     assert f"activation store {store}" in message and fragment in message
     assert (
-        "rule 'generate'" in message
+        "a 'generate' job" in message
         and f"delete it and run snakemake again with --forcerun {store} " in message
     )
 

@@ -212,7 +212,8 @@ def test_label_job_writes_targets_raw_maps_and_provenance(models, tmp_path):
         "options": {"session": "u2netp", "threshold": 0.5},
     }
     out = tmp_path / "label.npz"
-    jobs.label("saliency", section, False, "cpu", 2, str(image), str(previews), str(out))
+    images_of_job = [{"image": str(image), "previews": str(previews), "out": str(out)}]
+    jobs.label("saliency", section, False, "cpu", 2, images_of_job)
     label = load_label(out)
     assert label["raw"].shape == (HEIGHT, WIDTH)
     assert label["preview_raw"].shape == (3, HEIGHT, WIDTH)
@@ -234,7 +235,7 @@ def test_damaged_label_file_names_itself_and_its_rule(damage, tmp_path):
         path.write_bytes(b"not a zip file" * 10)
     else:
         path.unlink()
-    message = r"label file .*label\.npz is missing or corrupt.*rule 'label'"
+    message = r"label file .*label\.npz is missing or corrupt.*a 'label' job"
     with pytest.raises(RuntimeError, match=message):
         load_label(path, keys=("target",))
 

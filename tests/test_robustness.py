@@ -397,7 +397,7 @@ def test_truncated_chunk_names_store_and_rule_and_heals(copy_of_reference, refer
     assert "Error in rule probe" in failed.stderr
     log = (workdir / f"results/logs/probe/unet/up3.2/step{STEPS - 1}.log").read_text()
     for text in (log, failed.stderr):  # the job's log, and what snakemake shows of it
-        assert f"activation store {store} is corrupt" in text and "rule 'generate'" in text
+        assert f"activation store {store} is corrupt" in text and "a 'generate' job" in text
     assert not (workdir / cell / "metrics.csv").exists()
 
     # What the message says to do, literally.

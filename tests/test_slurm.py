@@ -44,6 +44,7 @@ boat,a sailing boat on a calm lake,666,test
 # The metrics table and what it needs; the figures add only more of the same kind of job.
 TARGET = "results/tables/metrics.csv"
 N_IMAGES = 4
+IMAGES_PER_JOB = 2
 # Single and group jobs, then array jobs (probe cells), as the executor reports them.
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+)|array job .* SLURM job ID (\d+)")
 
@@ -108,7 +109,8 @@ def test_study_on_slurm_equals_local_run(slurm, tmp_path):
         workdir.mkdir()
         (workdir / "prompts.csv").write_text(PROMPTS)
     run_snakemake(local_dir, tiny_config(local_dir, **OVERRIDES), TARGET)
-    config = tiny_config(cluster_dir, **OVERRIDES)
+    # The local run has a job per image, the cluster run a job per batch of two.
+    config = tiny_config(cluster_dir, **OVERRIDES, images_per_job=IMAGES_PER_JOB)
     tasks = yaml.safe_load(config.read_text())["labels"]["tasks"]
 
     result = snakemake_slurm(cluster_dir, config, TARGET)
@@ -122,12 +124,19 @@ def test_study_on_slurm_equals_local_run(slurm, tmp_path):
     assert job_ids == {stem.split("_")[0] for stem in logs}, sorted(logs)
     probe_logs = [stem for stem, path in logs.items() if "rule_probe" in path.parts]
     assert len(probe_logs) > 1 and len({stem.split("_")[0] for stem in probe_logs}) == 1
-    # The images' generate and label jobs ran as one group job: one submission.
-    grouped = [path for path in logs.values() if path.parent.name.startswith("group_images")]
-    assert len(grouped) == 1, sorted(map(str, logs.values()))
-    grouped_log = grouped[0].read_text()
-    assert grouped_log.count("localrule generate:") == N_IMAGES
-    assert grouped_log.count("localrule label:") == N_IMAGES * len(tasks)
+    # Each batch's generate and label jobs ran as one group job: one submission, one model
+    # load per stage for the batch's images.
+    grouped = [path for path in logs.values() if path.parent.name.startswith("group_image-batches")]
+    assert len(grouped) == N_IMAGES // IMAGES_PER_JOB, sorted(map(str, logs.values()))
+    for path in grouped:
+        text = path.read_text()
+        batch = re.search(r"localrule generate_batch(\d+):", text).group(1)
+        assert text.count("localrule generate_batch") == 1
+        assert text.count(f"localrule label_batch{batch}:") == len(tasks), text[-3000:]
+    for batch in range(N_IMAGES // IMAGES_PER_JOB):
+        job_log = (cluster_dir / f"results/logs/generate/batch{batch}.log").read_text()
+        assert job_log.count("loading pipeline") == 1, job_log
+        assert f"image {IMAGES_PER_JOB}/{IMAGES_PER_JOB}" in job_log
     # The group job got the GPU and partition the profile asked for (SLURM keeps a finished
     # job's record for MinJobAge seconds).
     record = subprocess.run(

@@ -34,7 +34,7 @@ def make_store(path):
 
 
 def test_missing_store_names_path_and_rule(tmp_path):
-    with pytest.raises(StoreError, match=r"nope.zarr.*rule 'generate'"):
+    with pytest.raises(StoreError, match=r"nope.zarr.*a 'generate' job"):
         open_store(tmp_path / "nope.zarr")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -103,3 +104,52 @@ def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):
     assert counts["generate"] == 1 and counts["label"] == 1
     assert counts["dataset"] == 1 and counts["probe"] == 14 and counts["labeler_scores"] == 1
     assert "layer_table" not in counts and "demo_model" not in counts
+
+
+TINY_KEYS = [
+    ("lemon", 101),
+    ("car", 202),
+    ("dog", 303),
+    ("mug", 404),
+    ("owl", 222),
+    ("boat", 666),
+    ("house", 444),
+]
+
+
+def test_batches_write_what_a_job_per_image_writes(study, tmp_path):
+    """images_per_job 3: the 7 images in batches of 3, 3 and 1, one model load per batch and
+    stage, the per-image files byte for byte the per-image jobs' (the `study` fixture)."""
+    per_image_dir, _ = study
+    config = tiny_config(tmp_path, images_per_job=3)
+    labels = [f"results/labels/depth/{pid}/{seed}.npz" for pid, seed in TINY_KEYS]
+    run_snakemake(tmp_path, config, *labels)
+
+    for batch, size in enumerate([3, 3, 1]):
+        log = (tmp_path / f"results/logs/generate/batch{batch}.log").read_text()
+        assert log.count("loading pipeline") == 1 and f"image {size}/{size} generated" in log
+        label_log = (tmp_path / f"results/logs/label/depth/batch{batch}.log").read_text()
+        assert label_log.count("loaded in") == 1 and f"image {size}/{size}: labelled" in label_log
+    for pid, seed in TINY_KEYS:
+        image = Path(f"results/generation/{pid}/{seed}")
+        files = [
+            image / "image.png",
+            image / "meta.json",
+            Path(f"results/labels/depth/{pid}/{seed}.npz"),
+        ]
+        files += [
+            path.relative_to(per_image_dir)
+            for path in (per_image_dir / image / "activations.zarr").rglob("*")
+            if path.is_file()
+        ]
+        for path in files:
+            assert (tmp_path / path).read_bytes() == (per_image_dir / path).read_bytes(), path
+
+    assert jobs_to_run(run_snakemake(tmp_path, config, *labels, "-n")) == {}
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(prompts.read_text() + "kite,a red kite in a blue sky,777,train\n")
+    counts = jobs_to_run(
+        run_snakemake(tmp_path, config, *labels, "results/labels/depth/kite/777.npz", "-n")
+    )
+    # The appended row joins the last batch; the full batches are left alone.
+    assert counts == {"generate_batch2": 1, "label_batch2": 1}

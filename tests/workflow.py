@@ -36,6 +36,8 @@ def tiny_config(workdir: Path, **overrides) -> Path:
         prompts.write_text(TINY_PROMPTS)
     config["prompts"]["files"] = [{"path": str(prompts)}]
     config["models"]["demo_dir"] = "resources/demo-models"
+    # A job per image, the finest grain; tests of batches ask for them.
+    config["images_per_job"] = 1
     config["generation"].update(height=64, width=64)
     config["probe"].update(layers=["down0.0", "down2.1", "up3.2"], steps=[0, 14])
     config["probe"]["defaults"]["epochs"] = 5

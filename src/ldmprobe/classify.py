@@ -676,36 +676,44 @@ def classify_job(
     batch_size: int,
     top_k: int,
     kinds: Sequence[str],
-    target: int,
-    prompt_id: str,
-    seed: int,
-    image: str,
-    previews: str,
-    meta: str,
-    topk_path: str,
-    curves_path: str,
+    images: Sequence[dict],
 ) -> None:
+    """``images``: one dict per image with its ``prompt_id``, ``seed``, ``target`` class index,
+    input paths ``image``, ``previews``, ``meta`` and output paths ``topk`` and ``curves``; the
+    classifier is loaded once for all of them."""
     from .jobs import resolve_device
     from .models import ModelRef
 
     ref = ModelRef.from_config("classification.model", model)
     classifier = load_classifier(ref, resolve_device(device), allow_download)
     log.info("classifier %s, preprocessing %s", ref.describe(), classifier.data_config)
-    topk, curves = classify_generation(
-        classifier, Path(image), Path(previews), Path(meta), kinds, target, top_k, batch_size
-    )
-    for table in (topk, curves):
-        table.insert(0, "prompt_id", prompt_id)
-        table.insert(1, "seed", seed)
-    write_csv(topk_path, topk)
-    write_csv(curves_path, curves)
-    final = curves[curves["is_target"] & (curves["kind"] == FINAL)].iloc[0]
-    log.info(
-        "target %s: probability %.4g, rank %d on the final image",
-        final["class_name"],
-        final["probability"],
-        final["rank"],
-    )
+    for number, image in enumerate(images, start=1):
+        topk, curves = classify_generation(
+            classifier,
+            Path(image["image"]),
+            Path(image["previews"]),
+            Path(image["meta"]),
+            kinds,
+            int(image["target"]),
+            top_k,
+            batch_size,
+        )
+        for table in (topk, curves):
+            table.insert(0, "prompt_id", image["prompt_id"])
+            table.insert(1, "seed", int(image["seed"]))
+        write_csv(image["topk"], topk)
+        write_csv(image["curves"], curves)
+        final = curves[curves["is_target"] & (curves["kind"] == FINAL)].iloc[0]
+        log.info(
+            "image %d/%d (%s, seed %d): target %s, probability %.4g, rank %d on the final image",
+            number,
+            len(images),
+            image["prompt_id"],
+            int(image["seed"]),
+            final["class_name"],
+            final["probability"],
+            final["rank"],
+        )
 
 
 def summary_job(

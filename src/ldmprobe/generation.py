@@ -8,6 +8,7 @@ recorded beside it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -169,17 +170,23 @@ class StepRecorder:
         self.x0.append(x0[0].cpu().numpy())
 
 
-def replay_permuted(pipe, inputs: list[tuple], layers: list[Layer], halves, writer, seed: int):
-    """The permuted-U-Net control: permute ``pipe.unet`` in place, rerun every recorded call.
+def permuted_unet(unet, seed: int):
+    """The permuted-U-Net control's network: a copy of ``unet`` with every weight tensor's
+    elements permuted (``controls.permute_weights``); the pipeline's own U-Net is untouched, so
+    one job can generate many images."""
+    permuted = copy.deepcopy(unet)
+    count = controls.permute_weights(permuted, seed)
+    log.info("permuted %d weight tensors of a U-Net copy (seed %d)", count, seed)
+    return permuted
 
-    The permuted network sees exactly the inputs the real one saw, so its activations belong
-    to the same images and labels. The pipeline's U-Net is unusable afterwards.
-    """
-    count = controls.permute_weights(pipe.unet, seed)
-    log.info("permuted %d weight tensors (seed %d); replaying %d calls", count, seed, len(inputs))
-    with LayerCapture(pipe.unet, layers, halves, writer, controls.PERMUTED), torch.no_grad():
+
+def replay_permuted(unet, inputs: list[tuple], layers: list[Layer], halves, writer):
+    """Rerun every recorded U-Net call through the permuted ``unet``: it sees exactly the inputs
+    the real one saw, so its activations belong to the same images and labels."""
+    log.info("replaying %d calls through the permuted U-Net", len(inputs))
+    with LayerCapture(unet, layers, halves, writer, controls.PERMUTED), torch.no_grad():
         for sample, timestep, embeddings in inputs:
-            pipe.unet(sample, timestep, encoder_hidden_states=embeddings, return_dict=False)
+            unet(sample, timestep, encoder_hidden_states=embeddings, return_dict=False)
 
 
 class VaeCapture:
@@ -251,7 +258,13 @@ def generate(
     store_path: Path,
     meta_path: Path,
     provenance: dict,
+    permuted: torch.nn.Module | None = None,
 ) -> dict:
+    """One image, its previews, activation store and metadata.
+
+    ``permuted``: the permuted-U-Net control's network (``permuted_unet``), made once per job;
+    made here when the settings ask for the control and none is given.
+    """
     latent_h, latent_w = settings.height // 8, settings.width // 8
     layers = discover_layers(pipe.unet, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
@@ -327,14 +340,9 @@ def generate(
             if rec.step + 1 != n_calls:
                 raise RuntimeError(f"expected {n_calls} U-Net calls, recorded {rec.step + 1}")
             if permuted_layers:
-                replay_permuted(
-                    pipe,
-                    rec.inputs,
-                    permuted_layers,
-                    settings.halves,
-                    writer,
-                    settings.permutation_seed,
-                )
+                if permuted is None:
+                    permuted = permuted_unet(pipe.unet, settings.permutation_seed)
+                replay_permuted(permuted, rec.inputs, permuted_layers, settings.halves, writer)
             latents = {"x0": np.stack(rec.x0), "xt": np.stack(rec.xt)}
             vae_capture = VaeCapture(pipe.vae, writer) if settings.vae_latent else None
             with atomic_directory(previews_dir) as tmp_previews:

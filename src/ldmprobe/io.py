@@ -52,7 +52,7 @@ def rerun_advice(path: str | Path, producer: str) -> str:
     # Deleting the file alone is not enough: Snakemake reruns a job whose output is missing
     # only when a job downstream of it has to run, and the outputs downstream still exist.
     return (
-        f"it is made by rule '{producer}': delete it and run snakemake again with "
+        f"it is made by a '{producer}' job: delete it and run snakemake again with "
         f"--forcerun {path} (that job and everything downstream of it rerun)"
     )
 

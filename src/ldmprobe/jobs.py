@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -95,31 +96,31 @@ def generate(
     model: dict,
     allow_download: bool,
     generation: dict,
-    prompt: str,
-    seed: int,
-    image: str,
-    previews: str,
-    store: str,
-    meta: str,
+    images: list[dict],
     capture_activations: bool = True,
     controls: dict | None = None,
     prompt_encoding: str | None = None,
 ) -> None:
-    """``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
+    """``images``: one dict per image with its ``prompt``, ``seed`` and output paths ``image``,
+    ``previews``, ``store`` and ``meta``; the pipeline is loaded once for all of them.
 
+    ``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
     ``controls``: the enabled parts of the ``controls`` config section, the permuted U-Net's
     layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
     table was decoded) goes into the image's metadata.
     """
-    from .generation import GenerationSettings
+    from .generation import GenerationSettings, permuted_unet
     from .generation import generate as run
     from .models import ModelRef, load_diffusion_pipeline
 
     ref = ModelRef.from_config("models.diffusion", model)
     device = resolve_device(generation["device"])
+    started = time.perf_counter()
+    log.info("loading pipeline %s on %s", ref.describe(), device)
     pipe = load_diffusion_pipeline(
         ref, generation["scheduler"], generation["dtype"], device, allow_download
     )
+    log.info("pipeline loaded in %.1f s", time.perf_counter() - started)
     if not capture_activations:
         halves = ()
     elif generation["cfg_half"] == "both":
@@ -136,20 +137,30 @@ def generate(
         codec=generation["codec"],
         **control_settings(controls or {}),
     )
+    permuted = None
+    if settings.permuted_layers is not None:
+        permuted = permuted_unet(pipe.unet, settings.permutation_seed)
     provenance = {"model": ref.id, "revision": ref.revision}
     if prompt_encoding is not None:
         provenance["prompt_encoding"] = prompt_encoding
-    run(
-        pipe,
-        prompt,
-        seed,
-        settings,
-        Path(image),
-        Path(previews),
-        Path(store),
-        Path(meta),
-        provenance,
-    )
+    for number, image in enumerate(images, start=1):
+        log.info("image %d/%d: seed %d, %s", number, len(images), image["seed"], image["image"])
+        started = time.perf_counter()
+        run(
+            pipe,
+            image["prompt"],
+            int(image["seed"]),
+            settings,
+            Path(image["image"]),
+            Path(image["previews"]),
+            Path(image["store"]),
+            Path(image["meta"]),
+            provenance,
+            permuted,
+        )
+        log.info(
+            "image %d/%d generated in %.1f s", number, len(images), time.perf_counter() - started
+        )
 
 
 def control_settings(controls: dict) -> dict:
@@ -172,30 +183,42 @@ def label(
     allow_download: bool,
     device: str,
     batch_size: int,
-    image: str,
-    previews: str,
-    out_path: str,
+    images: list[dict],
 ) -> None:
+    """``images``: one dict per image with its ``image``, ``previews`` and ``out`` paths; the
+    labeler is loaded once for all of them."""
     from .labels import TASKS, build_labeler, label_image, label_model_ref
 
     ref = label_model_ref(task, task_config)
     options = task_config.get("options", {})
+    started = time.perf_counter()
     labeler = build_labeler(
         task_config["labeler"], ref, resolve_device(device), allow_download, options
     )
-    preview_paths = sorted(Path(previews, "x0").glob("step*.png"))
+    log.info("%s labeler %s loaded in %.1f s", task, ref.describe(), time.perf_counter() - started)
     provenance = {"labeler": task_config["labeler"], "model": ref.id, "revision": ref.revision}
-    label_image(
-        labeler,
-        TASKS[task],
-        options,
-        Path(image),
-        preview_paths,
-        Path(out_path),
-        provenance,
-        batch_size,
-    )
-    log.info("labelled %s and %d previews for %s", image, len(preview_paths), task)
+    for number, image in enumerate(images, start=1):
+        started = time.perf_counter()
+        preview_paths = sorted(Path(image["previews"], "x0").glob("step*.png"))
+        label_image(
+            labeler,
+            TASKS[task],
+            options,
+            Path(image["image"]),
+            preview_paths,
+            Path(image["out"]),
+            provenance,
+            batch_size,
+        )
+        log.info(
+            "image %d/%d: labelled %s and %d previews for %s in %.1f s",
+            number,
+            len(images),
+            image["image"],
+            len(preview_paths),
+            task,
+            time.perf_counter() - started,
+        )
 
 
 def dataset(prompts: list[dict], paths: dict[str, list[str]], out_path: str) -> None:

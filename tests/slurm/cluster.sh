@@ -9,8 +9,8 @@
 #
 # Environment: LDMPROBE_SLURM_STATE (spool, logs, PID files; default /tmp/ldmprobe-slurm),
 # LDMPROBE_GPU_PARTITION / LDMPROBE_CPU_PARTITION / LDMPROBE_GPU_MODEL name the partitions and
-# the GPU type, as the profile reads them. Exit status 3: this machine cannot host the cluster
-# (not root, no apt-get); the message says why.
+# the GPU type, as the profile and rules/common.smk read them. Exit status 3: this machine
+# cannot host the cluster (not root, no apt-get); the message says why.
 set -euo pipefail
 
 STATE=${LDMPROBE_SLURM_STATE:-/tmp/ldmprobe-slurm}
