@@ -82,3 +82,19 @@ def test_atomic_file_replaces_only_on_success(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
+    import time
+
+    import pandas as pd
+
+    from ldmprobe.io import write_csv
+
+    frame = pd.DataFrame({"layer": ["up3.2", "mid.0"], "dice": [0.5, 1 / 3]})
+    write_csv(tmp_path / "a.csv.gz", frame)
+    time.sleep(1.1)  # gzip's header time stamp has a resolution of one second
+    write_csv(tmp_path / "b.csv.gz", frame)
+    assert (tmp_path / "a.csv.gz").read_bytes() == (tmp_path / "b.csv.gz").read_bytes()
+    assert (tmp_path / "a.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv.gz"), frame)

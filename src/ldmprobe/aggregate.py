@@ -6,7 +6,7 @@ import pandas as pd
 
 from . import metrics
 from .controls import layers_by_source
-from .io import atomic_file, write_csv
+from .io import write_csv
 
 KEYS = ["source", "task", "layer", "step", "metric"]
 
@@ -55,5 +55,4 @@ def summarise_metrics(
 
 def write_tables(per_image: pd.DataFrame, summary: pd.DataFrame, summary_path, per_image_path):
     write_csv(summary_path, summary)
-    with atomic_file(per_image_path) as tmp:
-        per_image.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
+    write_csv(per_image_path, per_image)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
+import gzip
 import json
 import os
 import shutil
@@ -115,5 +116,11 @@ def write_json(path: str | Path, data) -> None:
 
 
 def write_csv(path: str | Path, frame) -> None:
+    """``frame`` as CSV; gzip-compressed when ``path`` ends in ``.gz``, with a fixed header
+    (no time stamp or file name), so the same table gives the same bytes."""
+    text = frame.to_csv(index=False, float_format="%.6g")
+    data = text.encode()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
     with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+        tmp.write_bytes(data)

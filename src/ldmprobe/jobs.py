@@ -278,11 +278,10 @@ def labeler_scores(
 ) -> None:
     from .dataset import read_manifest
     from .emergence import labeler_scores as score
-    from .io import atomic_file
+    from .io import write_csv
 
     table = score(read_manifest(manifest_path), settings, steps)
-    with atomic_file(out_path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
+    write_csv(out_path, table)
     log.info("%d labeler-on-preview rows", len(table))
 
 
