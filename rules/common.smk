@@ -92,9 +92,9 @@ GPU_MODEL = os.environ.get("LDMPROBE_GPU_MODEL")
 
 
 def gpu_resources(device, batch):
-    """Resources of a per-image stage's job on its GPU (gpu 0 for a stage on `device: cpu`);
-    runtime in minutes: a model load and 2 minutes an image, both growing with the attempt.
-    """
+    """Resources of a per-image stage's job on its GPU (gpu 0 for a stage on `device: cpu`).
+    Runtime: 8 minutes for the start and model load, 2 per image; memory and runtime grow with
+    the attempt."""
     images = 1 if batch is None else len(batch.keys)
     resources = {
         "gpu": 0 if device == "cpu" else 1,

@@ -5,10 +5,12 @@ import torch
 from ldmprobe.probes import (
     Adam,
     ProbeSettings,
+    ProbeTask,
     evaluate,
     pool_to_grid,
     probe_loss,
     train_probe,
+    train_probes,
 )
 
 H = W = 4  # token grid
@@ -136,3 +138,40 @@ def test_adam_takes_torch_adams_steps():
     for mine, reference, initial in zip(ours, theirs, start, strict=True):
         assert not torch.equal(mine, initial)
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-7)
+
+
+def test_probes_trained_together_learn_what_each_learns_alone():
+    """One batch read, one product for all heads: each head still has its own initialisation,
+    loss, learning rate, Adam and checkpoint; a task on another schedule trains apart."""
+    x, labels, _ = synthetic(30, seed=4)
+    masks = (labels > 0).float()
+    train, val = slice(0, 20), slice(20, 25)
+    tasks = {
+        "saliency": ProbeSettings(epochs=6, lr=0.05),
+        "depth": ProbeSettings(epochs=6, lr=0.01),  # Huber at the label resolution
+        "shading": ProbeSettings(epochs=6, lr=0.05, loss="mse", target_scaling="none"),
+        "slow": ProbeSettings(epochs=4, batch_images=3, loss="mse"),
+    }
+    maps = {"saliency": masks, "depth": labels, "shading": -labels, "slow": labels * 2}
+    problems = {
+        name: ProbeTask(
+            "binary" if name == "saliency" else "continuous",
+            settings,
+            maps[name][train],
+            maps[name][val],
+        )
+        for name, settings in tasks.items()
+    }
+    together = train_probes(problems, x[train], x[val], H, W)
+    assert list(together) == list(tasks)
+    for name, problem in problems.items():
+        alone = train_probes({name: problem}, x[train], x[val], H, W)[name]
+        assert together[name].chosen_epoch == alone.chosen_epoch
+        assert len(together[name].history) == tasks[name].epochs
+        for joint, single in zip(
+            together[name].probe.parameters(), alone.probe.parameters(), strict=True
+        ):
+            torch.testing.assert_close(joint, single, rtol=1e-5, atol=1e-6)
+        assert [r["val_loss"] for r in together[name].history] == pytest.approx(
+            [r["val_loss"] for r in alone.history], rel=1e-5
+        )

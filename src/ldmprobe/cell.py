@@ -20,7 +20,7 @@ from .controls import read_tokens, token_grid
 from .io import atomic_file, write_csv
 from .labels import TASKS, load_label
 from .metrics import image_rows
-from .probes import ProbeSettings, evaluate, state_tensors, train_probe
+from .probes import ProbeSettings, ProbeTask, evaluate, state_tensors, train_probes
 from .storage import open_store
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,11 @@ def run_cell(
     activations.setdefault("val", activations["test"][:0])
     height, width = grid
 
-    tensors, training, rows = {}, {}, []
-    for task_name, settings in tasks.items():
-        task = TASKS[task_name]
+    targets = {}
+    for task_name in tasks:
         paths = manifest[f"label_{task_name}"].to_numpy()
         # Only the final image's target: a label file holds every preview's maps too.
-        targets = {
+        targets[task_name] = {
             part: torch.from_numpy(
                 np.stack(
                     [load_label(path, keys=("target",))["target"] for path in paths[part_rows]]
@@ -98,19 +97,28 @@ def run_cell(
             for part, part_rows in parts.items()
             if len(part_rows)
         }
-        targets.setdefault("val", targets["test"][:0])
-        trained = train_probe(
-            task.kind,
-            settings,
-            activations["train"],
-            targets["train"],
-            activations["val"],
-            targets["val"],
-            height,
-            width,
-        )
+        targets[task_name].setdefault("val", targets[task_name]["test"][:0])
+    trained_probes = train_probes(
+        {
+            task_name: ProbeTask(
+                TASKS[task_name].kind,
+                settings,
+                targets[task_name]["train"],
+                targets[task_name]["val"],
+            )
+            for task_name, settings in tasks.items()
+        },
+        activations["train"],
+        activations["val"],
+        height,
+        width,
+    )
+
+    tensors, training, rows = {}, {}, []
+    for task_name, settings in tasks.items():
+        trained = trained_probes[task_name]
         test_metrics = evaluate(
-            trained, activations["test"], targets["test"].numpy(), height, width
+            trained, activations["test"], targets[task_name]["test"].numpy(), height, width
         )
         for row_index, values in zip(parts["test"].tolist(), test_metrics, strict=True):
             rows.extend(image_rows(manifest.iloc[row_index], task_name, values))

@@ -159,75 +159,179 @@ def scaling_for(kind: str, settings: ProbeSettings, train_labels: torch.Tensor):
     return float(train_labels.mean()), std if std > 0 else 1.0
 
 
+@dataclass
+class ProbeTask:
+    """One task's probe to train on a cell: its kind, settings and labels of each split."""
+
+    kind: str
+    settings: ProbeSettings
+    train_labels: torch.Tensor  # [n, H, W] float32, label resolution
+    val_labels: torch.Tensor
+
+
 def train_probe(
     kind: str,
     settings: ProbeSettings,
-    train_x: torch.Tensor,  # [n, h*w, c], float16 kept as stored: cast batch by batch
+    train_x: torch.Tensor,  # [n, h*w, c]
     train_labels: torch.Tensor,  # [n, H, W] float32, label resolution
     val_x: torch.Tensor,
     val_labels: torch.Tensor,
     height: int,
     width: int,
 ) -> TrainedProbe:
-    torch.manual_seed(settings.seed)
-    mean, std = scaling_for(kind, settings, train_labels)
-    resolution = settings.resolution(kind)
+    task = ProbeTask(kind, settings, train_labels, val_labels)
+    return train_probes({"probe": task}, train_x, val_x, height, width)["probe"]
 
-    def prepare(labels: torch.Tensor) -> torch.Tensor:
-        scaled = (labels - mean) / std
-        return pool_to_grid(scaled, height, width) if resolution == "native" else scaled
 
-    train_targets, val_targets = prepare(train_labels), prepare(val_labels)
-    probe = LinearProbe(train_x.shape[-1], kind)
-    optimiser = Adam(probe.parameters(), lr=settings.lr)
-    generator = torch.Generator().manual_seed(settings.seed)
-    best_state, best_loss, best_epoch = None, float("inf"), settings.epochs - 1
-    history = []
-    for epoch in range(settings.epochs):
+def train_probes(
+    tasks: dict[str, ProbeTask],
+    train_x: torch.Tensor,  # [n, h*w, c]; float16 is cast batch by batch
+    val_x: torch.Tensor,
+    height: int,
+    width: int,
+) -> dict[str, TrainedProbe]:
+    """Every task's probe on one cell. Tasks with the same schedule (epochs, batch_images,
+    seed) train together: each batch is read once and goes through all their heads in one
+    matrix product, as training is bound by reading the activations. Each head keeps its own
+    initialisation, loss, learning rate, optimiser and checkpoint choice, so it learns what it
+    would alone (tested), up to the order of floating-point sums."""
+    schedules: dict[tuple, dict[str, ProbeTask]] = {}
+    for name, task in tasks.items():
+        key = (task.settings.epochs, task.settings.batch_images, task.settings.seed)
+        schedules.setdefault(key, {})[name] = task
+    trained = {}
+    for together in schedules.values():
+        trained.update(_train_together(together, train_x, val_x, height, width))
+    return {name: trained[name] for name in tasks}
+
+
+@dataclass
+class _Head:
+    task: ProbeTask
+    probe: LinearProbe
+    optimiser: Adam
+    mean: float
+    std: float
+    train_targets: torch.Tensor
+    val_targets: torch.Tensor
+    history: list[dict]
+    best_state: dict | None = None
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+
+
+def _outputs(heads: list[_Head], x: torch.Tensor) -> list[torch.Tensor]:
+    """Each head's output on ``x``: one product with the heads' stacked weights."""
+    weight = torch.cat([head.probe.linear.weight for head in heads])
+    stacked = torch.nn.functional.linear(x, weight)
+    outputs = stacked.split([head.probe.linear.out_features for head in heads], dim=-1)
+    return [
+        output if head.probe.linear.bias is None else output + head.probe.linear.bias
+        for head, output in zip(heads, outputs, strict=True)
+    ]
+
+
+def _train_together(
+    tasks: dict[str, ProbeTask], train_x, val_x, height: int, width: int
+) -> dict[str, TrainedProbe]:
+    schedule = next(iter(tasks.values())).settings
+    heads = []
+    for task in tasks.values():
+        torch.manual_seed(task.settings.seed)
+        mean, std = scaling_for(task.kind, task.settings, task.train_labels)
+        native = task.settings.resolution(task.kind) == "native"
+
+        def prepare(labels, mean=mean, std=std, native=native):
+            scaled = (labels - mean) / std
+            return pool_to_grid(scaled, height, width) if native else scaled
+
+        probe = LinearProbe(train_x.shape[-1], task.kind)
+        heads.append(
+            _Head(
+                task=task,
+                probe=probe,
+                optimiser=Adam(probe.parameters(), lr=task.settings.lr),
+                mean=mean,
+                std=std,
+                train_targets=prepare(task.train_labels),
+                val_targets=prepare(task.val_labels),
+                history=[],
+                best_epoch=schedule.epochs - 1,
+            )
+        )
+    generator = torch.Generator().manual_seed(schedule.seed)
+    for epoch in range(schedule.epochs):
         order = torch.randperm(train_x.shape[0], generator=generator)
-        total = 0.0
-        for start in range(0, len(order), settings.batch_images):
+        totals = [0.0] * len(heads)
+        for start in range(0, len(order), schedule.batch_images):
             # index_select: advanced indexing is several times slower in this torch build.
-            index = order[start : start + settings.batch_images]
+            index = order[start : start + schedule.batch_images]
             batch_x = train_x.index_select(0, index).float()
-            batch_y = train_targets.index_select(0, index)
-            loss = probe_loss(kind, settings, probe(batch_x), batch_y, height, width)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(index)
-        record = {"epoch": epoch, "train_loss": total / max(len(order), 1)}
-        if len(val_x):
-            val_loss = chunked_loss(kind, settings, probe, val_x, val_targets, height, width)
-            record["val_loss"] = val_loss
-            if val_loss < best_loss:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = copy.deepcopy(probe.state_dict())
-        history.append(record)
-        log.info("epoch %d/%d %s", epoch + 1, settings.epochs, record)
-    if best_state is not None:
-        probe.load_state_dict(best_state)
-    return TrainedProbe(
-        probe=probe,
-        chosen_epoch=best_epoch,
-        selection="val" if best_state is not None else "last",
-        history=history,
-        target_mean=mean,
-        target_std=std,
-    )
+            losses = [
+                probe_loss(
+                    head.task.kind,
+                    head.task.settings,
+                    output,
+                    head.train_targets.index_select(0, index),
+                    height,
+                    width,
+                )
+                for head, output in zip(heads, _outputs(heads, batch_x), strict=True)
+            ]
+            for head in heads:
+                head.optimiser.zero_grad()
+            # The heads share no parameters: the sum's gradient is each loss's own.
+            torch.stack(losses).sum().backward()
+            for number, (head, loss) in enumerate(zip(heads, losses, strict=True)):
+                head.optimiser.step()
+                totals[number] += loss.item() * len(index)
+        val_losses = _validation_losses(heads, val_x, height, width)
+        for number, head in enumerate(heads):
+            record = {"epoch": epoch, "train_loss": totals[number] / max(len(order), 1)}
+            if val_losses is not None:
+                record["val_loss"] = val_losses[number]
+                if val_losses[number] < head.best_loss:
+                    head.best_loss, head.best_epoch = val_losses[number], epoch
+                    head.best_state = copy.deepcopy(head.probe.state_dict())
+            head.history.append(record)
+        log.info(
+            "epoch %d/%d %s",
+            epoch + 1,
+            schedule.epochs,
+            {name: head.history[-1] for name, head in zip(tasks, heads, strict=True)},
+        )
+    trained = {}
+    for name, head in zip(tasks, heads, strict=True):
+        if head.best_state is not None:
+            head.probe.load_state_dict(head.best_state)
+        trained[name] = TrainedProbe(
+            probe=head.probe,
+            chosen_epoch=head.best_epoch,
+            selection="val" if head.best_state is not None else "last",
+            history=head.history,
+            target_mean=head.mean,
+            target_std=head.std,
+        )
+    return trained
 
 
-def chunked_loss(kind, settings, probe, x, targets, height, width, chunk: int = 16) -> float:
-    """Mean loss over all images, computed a few images at a time to bound memory."""
-    total = 0.0
+def _validation_losses(heads: list[_Head], x, height: int, width: int, chunk: int = 16):
+    """Each head's mean loss over the validation images, a few images at a time to bound
+    memory; None without validation images."""
+    if not len(x):
+        return None
+    totals = [0.0] * len(heads)
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk].float()
-            loss = probe_loss(
-                kind, settings, probe(part), targets[start : start + chunk], height, width
-            )
-            total += float(loss) * part.shape[0]
-    return total / max(x.shape[0], 1)
+            outputs = _outputs(heads, part)
+            for number, (head, output) in enumerate(zip(heads, outputs, strict=True)):
+                targets = head.val_targets[start : start + chunk]
+                loss = probe_loss(
+                    head.task.kind, head.task.settings, output, targets, height, width
+                )
+                totals[number] += float(loss) * part.shape[0]
+    return [total / x.shape[0] for total in totals]
 
 
 def predict_maps(trained: TrainedProbe, x: torch.Tensor, height: int, width: int) -> np.ndarray:
