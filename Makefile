@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 8
 
-.PHONY: install demo report test lint format clean bench bench-gpu
+.PHONY: install demo report test lint format clean bench bench-gpu bench-cluster
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,7 +24,8 @@ test: install
 
 # Benchmarks (bench/, BENCHMARKS.md): each script appends records to bench/results/, then
 # report.py rewrites BENCHMARKS.md's tables. `bench` is the CPU set; `bench-gpu` the full-size
-# SD v1.x rows, on a machine with a CUDA GPU.
+# SD v1.x rows, on a machine with a CUDA GPU; `bench-cluster` the per-image cost on the
+# one-node SLURM test cluster (root: it installs and starts SLURM, then stops it).
 bench: install
 	cd bench && $(abspath $(PY)) bench_unet_calls.py && $(abspath $(PY)) bench_storage.py \
 		&& $(abspath $(PY)) bench_dump.py && $(abspath $(PY)) bench_probe.py && $(abspath $(PY)) bench_dag.py \
@@ -34,6 +35,9 @@ bench-gpu: install
 	cd bench && $(abspath $(PY)) bench_dump.py --full-size --device cuda \
 		&& $(abspath $(PY)) bench_storage.py --full-size --device cuda --images 2 \
 		&& $(abspath $(PY)) bench_probe.py --sources synthetic && $(abspath $(PY)) report.py
+
+bench-cluster: install
+	cd bench && $(abspath $(PY)) bench_cluster.py && $(abspath $(PY)) report.py
 
 lint: install
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
