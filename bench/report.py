@@ -28,9 +28,13 @@ def mib(value: float) -> str:
     return f"{value / 2**20:,.1f}"
 
 
-def load_text(entry: dict) -> str:
-    values = entry.get("load") or entry["results"].get("load_after") or []
+def loads(values) -> str:
+    """Load averages (1, 5, 15 min) as the tables show them."""
     return " ".join(f"{value:.1f}" for value in values)
+
+
+def load_text(entry: dict) -> str:
+    return loads(entry.get("load") or entry["results"].get("load_after") or [])
 
 
 class Machines:
@@ -169,7 +173,7 @@ def dag_rows(records, machines):
         rows.append(
             [
                 machines.ref(r),
-                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                loads(x["load_before"]),
                 f"{c['prompts']:,}",
                 str(c.get("images_per_job", 1)),
                 f"{x['jobs'].get('total', 0):,}",
@@ -200,7 +204,7 @@ def demo_rows(records, machines):
         rows.append(
             [
                 machines.ref(r),
-                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                loads(x["load_before"]),
                 c["cores"],
                 str(c.get("images_per_job", 1)),
                 x["jobs"],
@@ -265,7 +269,7 @@ def cluster_rows(records, machines):
         rows.append(
             [
                 machines.ref(r),
-                " ".join(f"{v:.1f}" for v in x["load_before"]),
+                loads(x["load_before"]),
                 c["way"],
                 str(c["images_per_job"]),
                 str(x["slurm_jobs"]),

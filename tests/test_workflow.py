@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import zarr
-from workflow import jobs_to_run, run_snakemake, tiny_config
+from workflow import TINY_KEYS, jobs_to_run, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -104,17 +104,6 @@ def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):
     assert counts["generate"] == 1 and counts["label"] == 1
     assert counts["dataset"] == 1 and counts["probe"] == 14 and counts["labeler_scores"] == 1
     assert "layer_table" not in counts and "demo_model" not in counts
-
-
-TINY_KEYS = [
-    ("lemon", 101),
-    ("car", 202),
-    ("dog", 303),
-    ("mug", 404),
-    ("owl", 222),
-    ("boat", 666),
-    ("house", 444),
-]
 
 
 def test_batches_write_what_a_job_per_image_writes(study, tmp_path):

@@ -7,6 +7,8 @@ package, a config derived from ``config/demo.yaml``, outputs under the test's ow
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -26,6 +28,9 @@ owl,a snowy owl on a branch,222,val
 boat,a sailing boat on a calm lake,666,test
 house,a small house in a snowy field,444,test
 """
+TINY_KEYS = [
+    (row["prompt_id"], int(row["seed"])) for row in csv.DictReader(io.StringIO(TINY_PROMPTS))
+]
 
 
 def tiny_config(workdir: Path, **overrides) -> Path:
