@@ -18,9 +18,13 @@ An adapter provides (``Backbone`` documents each member):
   stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
   ``discovery_call(denoiser, latent_h, latent_w)``, one forward on zeros for the token grids;
 * the prompt: ``prompt_length(pipe, prompt)`` (the text encoder's limit, and whether it cuts);
-* CFG: ``cfg_layout(batch)`` ({half: row}; a family without a CFG batch (guidance-distilled)
-  maps a batch of one to ``cond`` only, so asking for ``uncond`` is an error the trace names)
-  and ``guided(prediction, guidance_scale)``;
+* CFG: ``batch_halves(guidance_scale)`` and ``no_uncond_reason`` (the preflight's check of
+  ``generation.cfg_half``: a guidance-distilled family without a CFG batch holds ``cond``
+  only, so asking for ``uncond`` stops the run with its reason), ``cfg_layout(batch)``
+  ({half: row} of a denoiser batch; the trace names a half the batch lacks) and
+  ``guided(prediction, guidance_scale)``;
+* the x0 preview: ``predict_x0(scheduler, sample, prediction, timestep)`` (the default reads
+  the scheduler's noise schedule and prediction type; a flow-matching family overrides it);
 * a denoiser call: ``call_timestep``, ``call_sample`` (from its args and kwargs),
   ``call_prediction`` (from its output), ``replay_inputs`` (what replaying it needs: text
   embeddings, pooled embeddings, ``added_cond_kwargs``...) and ``replay(denoiser, inputs)``,
@@ -128,6 +132,17 @@ class Backbone:
     def prompt_length(self, pipe, prompt: str) -> dict:
         raise NotImplementedError
 
+    def batch_halves(self, guidance_scale: float) -> tuple[str, ...]:
+        """The CFG halves a denoiser batch holds at this guidance scale (checked at parse time)."""
+        return ("uncond", "cond") if guidance_scale > 1 else ("cond",)
+
+    def no_uncond_reason(self, guidance_scale: float) -> str:
+        """Why ``batch_halves`` lacks ``uncond``, for the config error."""
+        return (
+            f"generation.guidance_scale {guidance_scale} <= 1 runs without classifier-free "
+            "guidance"
+        )
+
     def cfg_layout(self, batch: int) -> dict[str, int]:
         """Row of each CFG half in a denoiser batch: [uncond, cond] with CFG, else cond."""
         if batch == 2:
@@ -143,6 +158,13 @@ class Backbone:
         rows = self.cfg_layout(prediction.shape[0])
         uncond, cond = prediction[rows["uncond"]], prediction[rows["cond"]]
         return (uncond + guidance_scale * (cond - uncond))[None]
+
+    def predict_x0(self, scheduler, sample, prediction, timestep):
+        """The x0 prediction of one guided call, for the previews and ``latents/x0``."""
+        from ..generation import alpha_bar, predict_x0
+
+        abar = alpha_bar(scheduler, timestep)
+        return predict_x0(sample, prediction, abar, scheduler.config.prediction_type)
 
     # One denoiser call --------------------------------------------------------------------
     def call_timestep(self, args, kwargs):
