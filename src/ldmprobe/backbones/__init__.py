@@ -35,6 +35,13 @@ An adapter provides (``Backbone`` documents each member):
   ``estimate(config, height, width)`` from it alone (no torch: it runs at the Snakefile's
   parse).
 
+Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
+the bottom of this file), a builder of a tiny random-weight model of the real architecture in
+``ldmprobe.demo_models.BUILDERS`` (saved with ``save_pretrained`` and loaded back through
+``load_pipeline``), and a test. Where a family differs from the U-Net defaults of ``Backbone``
+(call arguments named ``hidden_states``, pooled embeddings and ``added_cond_kwargs`` in
+``replay_inputs``, an image stream read by ``point``), it overrides that member only.
+
 The modules of this package import torch and diffusers only inside functions: the Snakefile's
 parse imports them.
 """
