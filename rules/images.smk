@@ -2,7 +2,9 @@
 # label, classify_generate, classify), written once: one wildcard rule per image with
 # images_per_job 1, else one rule per batch of images_per_job consecutive table rows.
 # A function, not a bare loop: Snakemake evaluates `script:` again when a job runs, and a loop
-# variable would by then be the last stage; the function's `stage` stays its own.
+# variable would by then be the last stage; the function's `stage` stays its own. (snakefmt
+# 2.1 cannot parse a rule inside a function, hence fmt: off.)
+# fmt: off
 def image_stage_rules(stage):
     for rule_name, batch in image_rules(stage.stage, stage.keys):
 
@@ -30,3 +32,4 @@ def image_stage_rules(stage):
 
 for image_stage in IMAGE_STAGES:
     image_stage_rules(image_stage)
+# fmt: on

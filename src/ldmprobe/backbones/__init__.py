@@ -146,8 +146,7 @@ class Backbone:
     def no_uncond_reason(self, guidance_scale: float) -> str:
         """Why ``batch_halves`` lacks ``uncond``, for the config error."""
         return (
-            f"generation.guidance_scale {guidance_scale} <= 1 runs without classifier-free "
-            "guidance"
+            f"generation.guidance_scale {guidance_scale} <= 1 runs without classifier-free guidance"
         )
 
     def cfg_layout(self, batch: int) -> dict[str, int]:
