@@ -31,7 +31,7 @@ def test_outputs_of_every_stage(study):
     summary = pd.read_csv(results / "tables/metrics.csv")
     assert list(summary.columns) == [
         "model", "source", "task", "block", "layer", "layer_order", "step", "metric",
-        "mean", "ci_low", "ci_high", "n",
+        "mean", "ci_low", "ci_high", "n", "ldmprobe_version",
     ]  # fmt: skip
     unet = summary[summary.source == "unet"]
     cells = unet[["layer", "step"]].drop_duplicates()

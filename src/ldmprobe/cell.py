@@ -21,6 +21,7 @@ from .io import atomic_file, write_csv
 from .labels import TASKS, load_label
 from .metrics import image_rows
 from .probes import ProbeSettings, ProbeTask, evaluate, state_tensors, train_probes
+from .provenance import VERSION_KEY, package_version
 from .storage import open_store
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def run_cell(
         "cell": json.dumps(cell.__dict__),
         "grid": json.dumps([height, width]),
         "training": json.dumps(training),
+        VERSION_KEY: package_version(),
     }
     with atomic_file(weights_path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

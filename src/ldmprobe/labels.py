@@ -20,6 +20,7 @@ from .io import atomic_file, rerun_advice
 from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
 from .labelers.depth import DPTDepth
 from .models import ModelRef
+from .provenance import VERSION_KEY, package_version
 
 __all__ = [
     "LABELERS",
@@ -137,7 +138,7 @@ def label_image(
     final_raw = raw[0]
     preview_raw = np.stack(raw[1:]) if raw[1:] else np.zeros((0, *final_raw.shape), np.float32)
     target_options = {**labeler.settings, **options}
-    record = {**provenance, "labeler_info": labeler.info}
+    record = {**provenance, "labeler_info": labeler.info, VERSION_KEY: package_version()}
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
