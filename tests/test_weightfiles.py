@@ -155,3 +155,26 @@ def test_missing_and_damaged_models_are_listed_together(tmp_path):
     (tmp_path / "depth" / "model.safetensors").unlink()
     write_safetensors(tmp_path / "depth" / "model.safetensors")
     preflight(refs[:1], allow_download=False)
+
+
+@pytest.mark.workflow
+def test_workflow_stops_before_any_job_on_a_damaged_model_file(tmp_path):
+    """Through the Snakefile: one message naming the file and its sizes, nothing scheduled."""
+    from workflow import run_snakemake, tiny_config
+
+    weights = tmp_path / "depth-model" / "model.safetensors"
+    write_safetensors(weights)
+    full = truncate(weights, 0.5)
+    config = tiny_config(
+        tmp_path,
+        labels__tasks={
+            "depth": {"labeler": "dpt", "model": {"id": str(weights.parent)}},
+        },
+    )
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Job stats" not in result.stdout
+    assert (
+        f"labels.tasks.depth.model: {weights} is {weights.stat().st_size:,} bytes; its format "
+        f"says {full:,}. To repair it, copy it again from where the folder"
+    ) in result.stderr

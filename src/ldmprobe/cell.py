@@ -140,7 +140,7 @@ def run_cell(
         "cell": json.dumps(cell.__dict__),
         "grid": json.dumps([height, width]),
         "training": json.dumps(training),
-        VERSION_KEY: package_version(),
+        VERSION_KEY: json.dumps(package_version()),  # every value is JSON (load_probe_weights)
     }
     with atomic_file(weights_path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
