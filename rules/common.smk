@@ -6,6 +6,7 @@ import os
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
+from ldmprobe.metrics import METRICS_OF_KIND
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.preflight import DiskSpaceError, check_consistency, disk_preflight
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
@@ -29,7 +30,6 @@ LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
-METRICS_OF_KIND = {"binary": ["dice"], "continuous": ["spearman", "pearson", "rmse"]}
 TASK_KIND = {"saliency": "binary", "depth": "continuous", "shading": "continuous"}
 SOURCE = "unet"
 

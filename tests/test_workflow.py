@@ -41,7 +41,10 @@ def test_outputs_of_every_stage(study):
         ("down0.0", 0), ("down0.0", 14), ("down2.1", 0), ("down2.1", 14),
         ("up3.2", 0), ("up3.2", 14),
     ]  # fmt: skip
-    assert set(summary.metric) == {"spearman", "pearson", "rmse"}
+    # Depth beyond position: the residual (no saliency labels here, so no object regions).
+    assert set(summary.metric) == {
+        "spearman", "pearson", "rmse", "spearman_residual", "pearson_residual",
+    }  # fmt: skip
     # The demo's controls, cheap: the permuted U-Net on down2.1 and up3.2, VAE and latent.
     sources = summary.groupby("source")["layer"].unique().map(sorted).to_dict()
     assert sources == {
