@@ -162,3 +162,22 @@ def test_an_image_without_label_is_excluded_from_the_manifest(tmp_path, renders,
     again = read_manifest(str(tmp_path / "dataset.csv"))
     assert again["excluded_by"].tolist() == ["", "saliency"]
     assert again["split"].tolist() == ["train", EXCLUDED]
+
+
+def test_fit_holds_on_blurred_renders(renders):
+    """Generated images are softer than renders: a blur of one pixel keeps most fits, with the
+    right number of objects."""
+    from PIL import ImageFilter
+
+    scenes, arrays = renders
+    blurred = [
+        np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.0)))
+        for image in arrays["image"]
+    ]
+    fits = [fit_scene(image) for image in blurred]
+    assert np.mean([fit.ok for fit in fits]) >= 0.85
+    assert all(
+        len(fit.scene.objects) == len(scene.objects)
+        for fit, scene in zip(fits, scenes, strict=True)
+        if fit.ok
+    )
