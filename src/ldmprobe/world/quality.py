@@ -2,8 +2,9 @@
 
 Each model is loaded through the code the workflow uses (the labeler plugin, the classification
 experiment's ``load_classifier``) and scored per image; the mean of each metric comes with a
-bootstrap interval over images (``ldmprobe.metrics.summarise``). Depth and shading are also
-scored over object pixels only, where the ground plane's row prior cannot help.
+bootstrap interval over images (``ldmprobe.metrics.summarise``). Depth and shading are scored
+with the probes' metrics (``metrics.image_metrics``), also over object pixels only
+(``*_objects``), where the ground plane's row prior cannot help.
 """
 
 from __future__ import annotations
@@ -31,13 +32,8 @@ def dense_scores(task: str, predicted: np.ndarray, truth: np.ndarray, mask: np.n
                 "dice": metrics.dice(hit, want),
                 "iou": float(np.logical_and(hit, want).sum() / union) if union else 1.0,
             }
-        else:
-            values = {
-                "spearman": metrics.spearman(pred, true),
-                "pearson": metrics.pearson(pred, true),
-                "spearman_objects": metrics.spearman(pred[objects], true[objects]),
-                "pearson_objects": metrics.pearson(pred[objects], true[objects]),
-            }
+        else:  # the probes' metrics, over object pixels too (metrics.VARIANTS)
+            values = metrics.image_metrics("continuous", pred, true, objects)
         for name, value in values.items():
             scores.setdefault(name, []).append(value)
     return {name: np.asarray(values, dtype=np.float64) for name, values in scores.items()}
