@@ -192,7 +192,7 @@ def generate(
     denoiser = backbone.denoiser(pipe)
     latent_shape = backbone.latent_shape(denoiser, settings.height, settings.width)
     _channels, latent_h, latent_w = latent_shape
-    layers = discover_layers(denoiser, latent_h, latent_w)
+    layers = discover_layers(denoiser, latent_h, latent_w, backbone)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
     cfg = settings.guidance_scale > 1.0
     if not cfg and "uncond" in settings.halves:

@@ -82,7 +82,7 @@ def layer_table(model: dict, allow_download: bool, generation: dict, out_path: s
     _channels, latent_h, latent_w = backbone.latent_shape(
         denoiser, generation["height"], generation["width"]
     )
-    layers = discover_layers(denoiser, latent_h, latent_w)
+    layers = discover_layers(denoiser, latent_h, latent_w, backbone)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)

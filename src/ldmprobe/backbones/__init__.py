@@ -18,7 +18,12 @@ An adapter provides (``Backbone`` documents each member):
   stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
   ``discovery_call(denoiser, latent_h, latent_w)``, one forward on zeros for the token grids;
 * the prompt: ``prompt_length(pipe, prompt)`` (the text encoder's limit, and whether it cuts);
-* CFG: ``cfg_layout(batch)`` ({half: row}; a family without a CFG batch (guidance-distilled)
+* the pipeline call: ``pipeline_kwargs`` (extra keyword arguments of the pipeline's
+  ``__call__``), ``pack_latents(noise)`` (the initial noise [1, channels, h, w] as the
+  pipeline's ``latents`` takes it) and ``unpack_latents(tensor, latent_shape)`` (a denoiser
+  call's sample or prediction back to [batch, channels, h, w]), ``decode(vae, latent)``;
+  ``flow_matching`` (the family's scheduler is ``flow-euler``: x0 = x_t - sigma v);
+* CFG: ``halves`` (the CFG halves its denoiser batches can hold), ``cfg_layout(batch)`` ({half: row}; a family without a CFG batch (guidance-distilled)
   maps a batch of one to ``cond`` only, so asking for ``uncond`` is an error the trace names)
   and ``guided(prediction, guidance_scale)``;
 * a denoiser call: ``call_timestep``, ``call_sample`` (from its args and kwargs),
@@ -38,11 +43,14 @@ parse imports them.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from ..trace import Point
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "stable-diffusion"
 
@@ -95,6 +103,9 @@ class Backbone:
     denoiser_attribute: ClassVar[str] = "unet"  # the pipeline's attribute, and its subfolder
     kind: ClassVar[str] = "unet"
     vae_module: ClassVar[str] = ""
+    halves: ClassVar[tuple[str, ...]] = ("uncond", "cond")
+    flow_matching: ClassVar[bool] = False
+    pipeline_kwargs: ClassVar[dict] = {}
 
     # Loading ------------------------------------------------------------------------------
     def load_pipeline(self, path: Path, dtype):
@@ -123,6 +134,18 @@ class Backbone:
 
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         raise NotImplementedError
+
+    def pack_latents(self, noise):
+        return noise
+
+    def unpack_latents(self, tensor, latent_shape: tuple[int, int, int]):
+        return tensor
+
+    def decode(self, vae, latent):
+        """The VAE's decoded image [1, 3, H, W] of a latent [1, channels, h, w]."""
+        shift = getattr(vae.config, "shift_factor", None)
+        latent = latent / vae.config.scaling_factor
+        return vae.decode(latent if shift is None else latent + shift).sample
 
     # Prompt and CFG -----------------------------------------------------------------------
     def prompt_length(self, pipe, prompt: str) -> dict:
@@ -169,4 +192,74 @@ class Backbone:
         raise NotImplementedError
 
 
-from . import stable_diffusion  # noqa: E402, F401
+def load_on_meta(model_class: str, path: Path, subfolder: str):
+    """A diffusers model's structure from its config.json, without weights (meta device)."""
+    from ..compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import diffusers
+    import torch
+
+    model = getattr(diffusers, model_class)
+    config = model.load_config(path, subfolder=subfolder)
+    with torch.device("meta"):
+        return model.from_config(config)
+
+
+def load_named_pipeline(path: Path, allowed: tuple[str, ...], dtype, **options):
+    """The pipeline class that ``model_index.json`` names (one of ``allowed``), loaded."""
+    from ..compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import diffusers
+
+    name = json.loads((path / "model_index.json").read_text())["_class_name"]
+    if name not in allowed:
+        raise ValueError(f"{path} holds a {name}; this backbone loads {list(allowed)}")
+    return getattr(diffusers, name).from_pretrained(
+        path, dtype=dtype, use_safetensors=True, **options
+    )
+
+
+class WholeCallReplay:
+    """Replays a denoiser call with all its recorded arguments: for families whose calls carry
+    more than the sample, the timestep and the text embeddings (pooled embeddings, time ids,
+    attention masks, position ids, guidance)."""
+
+    def replay_inputs(self, args, kwargs) -> dict:
+        return {"args": detached(args), "kwargs": detached(kwargs)}
+
+    def replay(self, denoiser, inputs: dict) -> None:
+        denoiser(*inputs["args"], **inputs["kwargs"])
+
+
+def detached(value):
+    """``value`` (a call's args or kwargs) with every tensor in it detached: what replaying the
+    call needs, whatever the family passes (embeddings, ids, ``added_cond_kwargs``)."""
+    if isinstance(value, dict):
+        return {key: detached(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(detached(item) for item in value)
+    return value.detach() if hasattr(value, "detach") else value
+
+
+def prompt_tokens(tokenizer, prompt: str, limit: int, encoder: str) -> dict:
+    """Tokens of ``prompt`` for one text encoder, and whether it sees only the first ``limit``."""
+    count = len(tokenizer(prompt, truncation=False).input_ids)
+    if count > limit:
+        log.warning(
+            "prompt is %d tokens; the %s text encoder sees only the first %d (truncated)",
+            count,
+            encoder,
+            limit,
+        )
+    return {"prompt_tokens": count, "prompt_truncated": count > limit}
+
+
+from . import (  # noqa: E402, F401
+    flux,
+    pixart,
+    stable_diffusion,
+    stable_diffusion_3,
+    stable_diffusion_xl,
+)
