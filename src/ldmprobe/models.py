@@ -178,6 +178,7 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler",
     "dpmpp": "DPMSolverMultistepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
 
 

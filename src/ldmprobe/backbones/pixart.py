@@ -44,7 +44,9 @@ class PixArt(WholeCallReplay, Backbone):
     latent_factor = 8  # SD's VAE
     vae_module = "mid_block.attentions.0.to_out.0"
     # The study sets the exact size: binning would move it to the nearest trained aspect ratio.
-    pipeline_kwargs = {"use_resolution_binning": False}
+    # clean_caption: the prompt reaches T5 as written (as in the other families), whatever
+    # optional packages (bs4, ftfy) are installed.
+    pipeline_kwargs = {"use_resolution_binning": False, "clean_caption": False}
 
     def load_pipeline(self, path: Path, dtype):
         return load_named_pipeline(path, self.pipeline_classes, dtype)
