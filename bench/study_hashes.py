@@ -1,9 +1,10 @@
 """sha256 of every output of a tiny study that a refactor must leave byte-identical.
 
-Runs the tiny study of ``tests/workflow.py`` (SD 1.x demo model, saliency and depth, the three
-controls, the VGG-16 experiment) in a working directory and writes ``{path: sha256}`` for the
-stores' chunk files, generation metadata, labels, probe outputs and tables. ``--compare`` names
-a file written before and lists every path whose bytes differ, or that one side lacks.
+Runs the tiny study of ``tests/workflow.py`` (SD 1.x demo model, saliency and depth, the
+permuted, VAE and latent controls, the VGG-16 experiment, two images per job) in a working
+directory and writes ``{path: sha256}`` of the stores' chunk files and metadata, generation
+metadata, labels, probe outputs and tables. ``--compare`` names a file written before and lists
+every path whose bytes differ, or that one side lacks.
 
     PYTHONPATH=src .venv/bin/python bench/study_hashes.py WORKDIR OUT.json [--compare BEFORE.json]
 
@@ -31,8 +32,13 @@ def study(workdir: Path) -> Path:
         (Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text()
     )
     tasks = {name: demo["labels"]["tasks"][name] for name in ("saliency", "depth")}
+    # The position control is new with the backbone seam: off, so both sides run one study.
     config = tiny_config(
-        workdir, labels__tasks=tasks, classification__enabled=True, images_per_job=2
+        workdir,
+        labels__tasks=tasks,
+        classification__enabled=True,
+        images_per_job=2,
+        controls__position={"enabled": False},
     )
     run_snakemake(workdir, config, timeout=3600)
     return workdir / "results"

@@ -99,8 +99,9 @@ def file_bytes(root: Path, exclude: str = "") -> int:
 def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tmp_path):
     """With codec none the chunk files hold exactly the estimated bytes; PNGs and labels less."""
     from ldmprobe.generation import GenerationSettings, generate
-    from ldmprobe.labels import TASKS, build_labeler, label_image
+    from ldmprobe.labels import build_labeler, label_image
     from ldmprobe.models import ModelRef
+    from ldmprobe.tasks import TASKS
 
     generation = {
         "height": 64,

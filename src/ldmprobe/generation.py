@@ -16,16 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import controls
 from .backbones import backbone_of
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, select_layers
+from .sources import DENOISER, GUIDED, PERMUTED, VAE
 from .storage import ActivationWriter, array_path, create_store
 from .trace import Point, Trace
 
 log = logging.getLogger(__name__)
-
-UNET_SOURCE = "unet"
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class GenerationSettings:
     activation_dtype: str = "float16"
     # Activation chunks queued for the writer thread; 0 writes them synchronously.
     write_queue: int = 64
-    # Controls (``controls.py``): layer patterns of the permuted U-Net and its permutation
+    # Controls (``sources.py``): layer patterns of the permuted U-Net and its permutation
     # seed (None: off), and which latent the VAE control decodes (None: off).
     permuted_layers: tuple[str, ...] | None = None
     permutation_seed: int = 0
@@ -126,12 +124,30 @@ class DenoiserCalls:
         self.x0.append(x0[0].cpu().numpy())
 
 
+def permute_weights(module, seed: int) -> int:
+    """Permute the elements of every ``*weight`` parameter in place; biases are kept.
+
+    One generator seeded once walks the parameters in ``named_parameters`` order, so the
+    permutation depends only on the seed and the architecture. Returns the number of tensors.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not name.endswith("weight"):
+                continue
+            order = torch.randperm(param.numel(), generator=generator).to(param.device)
+            param.copy_(param.flatten()[order].view_as(param))
+            count += 1
+    return count
+
+
 def permuted_denoiser(denoiser, seed: int):
     """The permuted control's network: a copy of ``denoiser`` with every weight tensor's
-    elements permuted (``controls.permute_weights``); the pipeline's own denoiser is untouched,
+    elements permuted (``permute_weights``); the pipeline's own denoiser is untouched,
     so one job can generate many images."""
     permuted = copy.deepcopy(denoiser)
-    count = controls.permute_weights(permuted, seed)
+    count = permute_weights(permuted, seed)
     log.info("permuted %d weight tensors of a denoiser copy (seed %d)", count, seed)
     return permuted
 
@@ -141,7 +157,7 @@ def replay_permuted(backbone, permuted, inputs: list[dict], layers: list[Layer],
     real one saw, so its activations belong to the same images and labels."""
     log.info("replaying %d calls through the permuted denoiser", len(inputs))
     points = [backbone.point(layer.name, layer.module_path) for layer in layers]
-    record = store_tokens(writer, controls.PERMUTED)
+    record = store_tokens(writer, PERMUTED.name(backbone.kind))
     with (
         Trace(permuted, points, halves=halves, layout=backbone.cfg_layout, record=record),
         torch.no_grad(),
@@ -155,10 +171,10 @@ def vae_trace(backbone, vae, writer) -> Trace:
     call per step), from the guided trajectory."""
     return Trace(
         vae.decoder,
-        [Point(controls.VAE_LAYER, backbone.vae_module)],
-        halves=(controls.GUIDED,),
-        layout=lambda _batch: {controls.GUIDED: 0},
-        record=store_tokens(writer, controls.VAE),
+        [Point(VAE.layer["name"], backbone.vae_module)],
+        halves=(GUIDED,),
+        layout=lambda _batch: {GUIDED: 0},
+        record=store_tokens(writer, VAE.name(backbone.kind)),
     )
 
 
@@ -213,7 +229,7 @@ def generate(
     if "uncond" in settings.halves and settings.guidance_scale <= 1.0:
         raise ValueError("generation.cfg_half includes 'uncond' but guidance_scale <= 1 (no CFG)")
     arrays = {
-        array_path(UNET_SOURCE, half, layer.name): (
+        array_path(DENOISER.name(backbone.kind), half, layer.name): (
             (n_calls, layer.height * layer.width, layer.channels),
             settings.activation_dtype,
         )
@@ -225,7 +241,7 @@ def generate(
         permuted_layers = select_layers(layers, list(settings.permuted_layers))
         arrays.update(
             {
-                array_path(controls.PERMUTED, half, layer.name): (
+                array_path(PERMUTED.name(backbone.kind), half, layer.name): (
                     (n_calls, layer.height * layer.width, layer.channels),
                     settings.activation_dtype,
                 )
@@ -236,15 +252,15 @@ def generate(
     control_layers = {}
     if settings.vae_latent is not None:
         channels = backbone.vae_channels(pipe.vae)
-        control_layers[controls.VAE] = [
+        control_layers[VAE.name(backbone.kind)] = [
             {
-                "name": controls.VAE_LAYER,
+                "name": VAE.layer["name"],
                 "height": latent_h,
                 "width": latent_w,
                 "channels": channels,
             }
         ]
-        arrays[array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)] = (
+        arrays[array_path(VAE.name(backbone.kind), GUIDED, VAE.layer["name"])] = (
             (n_calls, latent_h * latent_w, channels),
             settings.activation_dtype,
         )
@@ -268,7 +284,7 @@ def generate(
                 points if settings.halves else [],
                 halves=settings.halves,
                 layout=backbone.cfg_layout,
-                record=store_tokens(writer, UNET_SOURCE),
+                record=store_tokens(writer, DENOISER.name(backbone.kind)),
                 on_call=calls,
             ) as trace:
                 with torch.no_grad():
@@ -315,7 +331,11 @@ def generate(
                 "controls": {
                     **control_layers,
                     **(
-                        {controls.PERMUTED: [layer.to_dict() for layer in permuted_layers]}
+                        {
+                            PERMUTED.name(backbone.kind): [
+                                layer.to_dict() for layer in permuted_layers
+                            ]
+                        }
                         if permuted_layers
                         else {}
                     ),

@@ -156,6 +156,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str) -> str:
+    """A config's device setting: ``auto`` is CUDA when available, else the CPU."""
+    return default_device() if device == "auto" else device
+
+
 def load_diffusion_pipeline(
     ref: ModelRef,
     scheduler: str,

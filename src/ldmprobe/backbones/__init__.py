@@ -10,7 +10,7 @@ An adapter provides (``Backbone`` documents each member):
 * loading: ``pipeline_classes`` (diffusers class names), ``load_pipeline(path, dtype)`` and
   ``load_denoiser_on_meta(path)`` (structure only, for layer discovery);
 * the denoiser: ``denoiser(pipe)``, and ``kind`` (``"unet"``, ``"transformer"``), the word
-  used for its source in paths, tables and figures;
+  used for its source in paths and tables (``ldmprobe.sources``), ``kind_label`` in figures;
 * latents: ``latent_shape(denoiser, height, width)`` (channels and downsampling factor);
 * the probed layers: ``probed_modules(denoiser)`` ({module path: (short name, block)}), short,
   sortable, path-safe names; ``point(name, module_path)``, the ``trace.Point`` that reads the
@@ -102,6 +102,7 @@ class Backbone:
     denoiser_classes: ClassVar[tuple[str, ...]] = ()
     denoiser_attribute: ClassVar[str] = "unet"  # the pipeline's attribute, and its subfolder
     kind: ClassVar[str] = "unet"
+    kind_label: ClassVar[str] = "U-Net"  # the denoiser in figure legends
     vae_module: ClassVar[str] = ""
     halves: ClassVar[tuple[str, ...]] = ("uncond", "cond")
     flow_matching: ClassVar[bool] = False
