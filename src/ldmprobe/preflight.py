@@ -21,6 +21,7 @@ from pathlib import Path
 from .backbones import Estimate, get_backbone
 from .config import ConfigError
 
+FLOW_SCHEDULER = "flow-euler"  # the flow-matching families' sampler (models.SCHEDULERS)
 FILE_OVERHEAD = 4096  # headers of one PNG or npz file, rounded up
 
 
@@ -33,7 +34,7 @@ def check_consistency(config: dict) -> None:
     from .labels import LABELERS
 
     try:
-        get_backbone(config["models"]["diffusion"]["backbone"])
+        backbone = get_backbone(config["models"]["diffusion"]["backbone"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     for task, section in config["labels"]["tasks"].items():
@@ -57,6 +58,22 @@ def check_consistency(config: dict) -> None:
         raise ConfigError(
             f"config key 'probe.cfg_half': {probed!r} is not stored, generation.cfg_half is "
             f"{generation['cfg_half']!r}; allowed: {stored} (or set generation.cfg_half: both)"
+        )
+    absent = [half for half in stored if half not in backbone.halves]
+    if absent:
+        raise ConfigError(
+            f"config key 'generation.cfg_half': {generation['cfg_half']!r} needs the "
+            f"{absent[0]} half, but the {backbone.name} backbone is guidance-distilled: its "
+            f"denoiser runs one batch row per image, no CFG batch; allowed: {list(backbone.halves)}"
+        )
+    flow = generation["scheduler"] == FLOW_SCHEDULER
+    if flow != backbone.flow_matching:
+        allowed = [FLOW_SCHEDULER] if backbone.flow_matching else "any but " + FLOW_SCHEDULER
+        raise ConfigError(
+            f"config key 'generation.scheduler': {generation['scheduler']!r} does not fit the "
+            f"{backbone.name} backbone, trained for "
+            f"{'flow matching' if backbone.flow_matching else 'noise prediction'}; "
+            f"allowed: {allowed}"
         )
     if "uncond" in stored and generation["guidance_scale"] <= 1:
         raise ConfigError(
