@@ -134,8 +134,12 @@ def save_stable_diffusion(
 def tiny_clip(hidden: int = 32, projection: int | None = None):
     """A 2-layer CLIP text encoder and its byte-level tokenizer (77 tokens); with
     ``projection``, the encoder with the text projection (SDXL's and SD3's second encoder)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from transformers import CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     vocabulary = clip_byte_vocabulary()
     tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)

@@ -279,24 +279,26 @@ def generate(
                 backbone, pipe.scheduler, settings.guidance_scale, latent_shape, n_calls
             )
             points = [backbone.point(layer.name, layer.module_path) for layer in layers]
-            with Trace(
-                denoiser,
-                points if settings.halves else [],
-                halves=settings.halves,
-                layout=backbone.cfg_layout,
-                record=store_tokens(writer, DENOISER.name(backbone.kind)),
-                on_call=calls,
-            ) as trace:
-                with torch.no_grad():
-                    result = pipe(
-                        prompt,
-                        height=settings.height,
-                        width=settings.width,
-                        num_inference_steps=settings.steps,
-                        guidance_scale=settings.guidance_scale,
-                        latents=backbone.pack_latents(noise).to(pipe.device, denoiser.dtype),
-                        **backbone.pipeline_kwargs,
-                    )
+            with (
+                Trace(
+                    denoiser,
+                    points if settings.halves else [],
+                    halves=settings.halves,
+                    layout=backbone.cfg_layout,
+                    record=store_tokens(writer, DENOISER.name(backbone.kind)),
+                    on_call=calls,
+                ) as trace,
+                torch.no_grad(),
+            ):
+                result = pipe(
+                    prompt,
+                    height=settings.height,
+                    width=settings.width,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    latents=backbone.pack_latents(noise).to(pipe.device, denoiser.dtype),
+                    **backbone.pipeline_kwargs,
+                )
             if trace.calls != n_calls:
                 raise RuntimeError(f"expected {n_calls} U-Net calls, recorded {trace.calls}")
             if permuted_layers:

@@ -23,7 +23,8 @@ An adapter provides (``Backbone`` documents each member):
   pipeline's ``latents`` takes it) and ``unpack_latents(tensor, latent_shape)`` (a denoiser
   call's sample or prediction back to [batch, channels, h, w]), ``decode(vae, latent)``;
   ``flow_matching`` (the family's scheduler is ``flow-euler``: x0 = x_t - sigma v);
-* CFG: ``halves`` (the CFG halves its denoiser batches can hold), ``cfg_layout(batch)`` ({half: row}; a family without a CFG batch (guidance-distilled)
+* CFG: ``halves`` (the CFG halves its denoiser batches can hold), ``cfg_layout(batch)``
+  ({half: row}; a family without a CFG batch (guidance-distilled)
   maps a batch of one to ``cond`` only, so asking for ``uncond`` is an error the trace names)
   and ``guided(prediction, guidance_scale)``;
 * a denoiser call: ``call_timestep``, ``call_sample`` (from its args and kwargs),
