@@ -18,6 +18,7 @@ from ldmprobe.preflight import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SD = StableDiffusion()
 
 # diffusers' defaults are the SD v1.x U-Net; only the text width differs.
 SD1 = {"cross_attention_dim": 768}
@@ -42,7 +43,7 @@ def meta_unet(overrides: dict):
 def discovered(unet, latent_h, latent_w):
     from ldmprobe.layers import discover_layers
 
-    layers = discover_layers(unet, latent_h, latent_w)
+    layers = discover_layers(SD, unet, latent_h, latent_w)
     return [(layer.height * layer.width, layer.channels) for layer in layers]
 
 

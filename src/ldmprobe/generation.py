@@ -219,7 +219,7 @@ def generate(
     denoiser = backbone.denoiser(pipe)
     latent_shape = backbone.latent_shape(denoiser, settings.height, settings.width)
     _channels, latent_h, latent_w = latent_shape
-    layers = discover_layers(denoiser, latent_h, latent_w, backbone)
+    layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
     if "uncond" in settings.halves and "uncond" not in backbone.halves:
         raise ValueError(

@@ -76,7 +76,7 @@ def layer_table(model: dict, allow_download: bool, generation: dict, out_path: s
     _channels, latent_h, latent_w = backbone.latent_shape(
         denoiser, generation["height"], generation["width"]
     )
-    layers = discover_layers(denoiser, latent_h, latent_w, backbone)
+    layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)

@@ -2,8 +2,8 @@
 
 Everything the workflow knows about a family of diffusion models lives in its adapter; the rest
 of the package asks the adapter, never the model class. The family of a study is config key
-``models.diffusion.backbone`` (default ``stable-diffusion``); ``backbone_of(model)`` finds the
-adapter of a loaded pipeline or denoiser by its class.
+``models.diffusion.backbone`` (default ``stable-diffusion``); ``backbone_of(pipe)`` finds the
+adapter of a loaded pipeline by its class (not of a bare denoiser: SD and SDXL share one).
 
 An adapter provides (``Backbone`` documents each member):
 
@@ -76,11 +76,11 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]()
 
 
-def backbone_of(model) -> Backbone:
-    """The adapter of a loaded pipeline or denoiser, by its class name."""
-    kind = type(model).__name__
+def backbone_of(pipe) -> Backbone:
+    """The adapter of a loaded pipeline, by its class name."""
+    kind = type(pipe).__name__
     for adapter in BACKBONES.values():
-        if kind in adapter.pipeline_classes or kind in adapter.denoiser_classes:
+        if kind in adapter.pipeline_classes:
             return adapter()
     raise ValueError(f"no backbone adapter knows {kind}; known: {sorted(BACKBONES)}")
 
@@ -100,7 +100,6 @@ class Backbone:
 
     name: ClassVar[str]  # set by register
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    denoiser_classes: ClassVar[tuple[str, ...]] = ()
     denoiser_attribute: ClassVar[str] = "unet"  # the pipeline's attribute, and its subfolder
     kind: ClassVar[str] = "unet"
     kind_label: ClassVar[str] = "U-Net"  # the denoiser in figure legends

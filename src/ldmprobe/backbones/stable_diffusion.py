@@ -88,7 +88,6 @@ def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -
 @register("stable-diffusion")
 class StableDiffusion(Backbone):
     pipeline_classes = ("StableDiffusionPipeline",)
-    denoiser_classes = ("UNet2DConditionModel",)
     denoiser_attribute = "unet"
     kind = "unet"
     kind_label = "U-Net"
