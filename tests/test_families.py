@@ -1,6 +1,7 @@
 """The model families behind the backbone seam (SDXL, PixArt, SD3, Flux): layer names as a
-architectures on the meta device), and each family's tiny random model generating through the
-adapter's real loading code (``ldmprobe.demo_models``, saved and loaded back offline)."""
+contract (full-size architectures on the meta device), and each family's tiny random model
+generating through the adapter's real loading code (``ldmprobe.demo_models``, saved and loaded
+back offline)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ def family_config(workdir, kind: str):
         probe__steps=[0, 3],
         controls__permuted_unet={"enabled": True, "seed": 0, "layers": layers[-1:], "steps": None},
         controls__position={"enabled": False, "steps": None},
+        controls__latent={"enabled": False, "steps": None},
     )
 
 
@@ -58,7 +59,6 @@ def test_whole_study_on_a_tiny_family_model(kind, tmp_path):
         source: sorted(layers),
         f"{source}-permuted": layers[-1:],
         "vae": ["decoder.mid.0"],
-        "latent": ["xt"],
         "labeler": ["preview"],
     }
     assert set(summary.step) == {0, 3} and (summary.n == 2).all()
