@@ -1,14 +1,13 @@
 # The rules of every per-image stage (declared as an ImageStage in its own .smk: generate,
 # label, classify_generate, classify), written once: one wildcard rule per image with
 # images_per_job 1, else one rule per batch of images_per_job consecutive table rows.
-# Snakemake evaluates a rule's `script:` twice: when the rule is defined, and when its job runs,
-# inside the job's function, after this loop has ended (the loop variables then hold the last
-# stage). So the script is looked up by rule name: the loop's at definition, the job's `rule`
-# when it runs.
-IMAGE_SCRIPTS = {}
+# The script path is looked up by rule name: Snakemake evaluates `script:` when the job runs,
+# after this loop has moved on (`stage` would be the last stage), and the rule's code sees the
+# rule's name as `rule`; every other directive is evaluated here.
+IMAGE_RULE_SCRIPTS = {}
 for stage in IMAGE_STAGES:
     for rule_name, batch in image_rules(stage.stage, stage.keys):
-        IMAGE_SCRIPTS[rule_name] = stage.entry_point
+        IMAGE_RULE_SCRIPTS[rule_name] = stage.entry_point
 
         rule:
             name:
@@ -29,4 +28,4 @@ for stage in IMAGE_STAGES:
                 **stage.settings,
                 images=image_fields(stage.fields, batch),
             script:
-                IMAGE_SCRIPTS[locals().get("rule", rule_name)]
+                IMAGE_RULE_SCRIPTS[rule]

@@ -114,12 +114,7 @@ class DenoiserCalls:
             backbone.guided(prediction, self.guidance_scale), self.latent_shape
         )
         sample = backbone.unpack_latents(sample[cond : cond + 1], self.latent_shape)
-        if backbone.flow_matching:
-            # Flow matching: x_t = (1 - sigma) x0 + sigma noise, the model predicts noise - x0.
-            x0 = sample - float(self.scheduler.sigmas[step]) * prediction
-        else:
-            abar = alpha_bar(self.scheduler, self.timesteps[-1])
-            x0 = predict_x0(sample, prediction, abar, self.scheduler.config.prediction_type)
+        x0 = backbone.predict_x0(self.scheduler, sample, prediction, self.timesteps[-1])
         self.xt.append(sample[0].cpu().numpy())
         self.x0.append(x0[0].cpu().numpy())
 
@@ -221,13 +216,10 @@ def generate(
     _channels, latent_h, latent_w = latent_shape
     layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
-    if "uncond" in settings.halves and "uncond" not in backbone.halves:
-        raise ValueError(
-            f"generation.cfg_half includes 'uncond', but {backbone.name} runs without a CFG "
-            f"batch (guidance-distilled): its denoiser calls hold only {list(backbone.halves)}"
-        )
-    if "uncond" in settings.halves and settings.guidance_scale <= 1.0:
-        raise ValueError("generation.cfg_half includes 'uncond' but guidance_scale <= 1 (no CFG)")
+    held = backbone.batch_halves(settings.guidance_scale)
+    if "uncond" in settings.halves and "uncond" not in held:
+        reason = backbone.no_uncond_reason(settings.guidance_scale)
+        raise ValueError(f"generation.cfg_half includes 'uncond', but {reason}")
     arrays = {
         array_path(DENOISER.name(backbone.kind), half, layer.name): (
             (n_calls, layer.height * layer.width, layer.channels),

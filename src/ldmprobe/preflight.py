@@ -59,13 +59,6 @@ def check_consistency(config: dict) -> None:
             f"config key 'probe.cfg_half': {probed!r} is not stored, generation.cfg_half is "
             f"{generation['cfg_half']!r}; allowed: {stored} (or set generation.cfg_half: both)"
         )
-    absent = [half for half in stored if half not in backbone.halves]
-    if absent:
-        raise ConfigError(
-            f"config key 'generation.cfg_half': {generation['cfg_half']!r} needs the "
-            f"{absent[0]} half, but the {backbone.name} backbone is guidance-distilled: its "
-            f"denoiser runs one batch row per image, no CFG batch; allowed: {list(backbone.halves)}"
-        )
     flow = generation["scheduler"] == FLOW_SCHEDULER
     if flow != backbone.flow_matching:
         allowed = [FLOW_SCHEDULER] if backbone.flow_matching else "any but " + FLOW_SCHEDULER
@@ -75,11 +68,12 @@ def check_consistency(config: dict) -> None:
             f"{'flow matching' if backbone.flow_matching else 'noise prediction'}; "
             f"allowed: {allowed}"
         )
-    if "uncond" in stored and generation["guidance_scale"] <= 1:
+    held = backbone.batch_halves(generation["guidance_scale"])
+    if "uncond" in stored and "uncond" not in held:
         raise ConfigError(
             f"config key 'generation.cfg_half': {generation['cfg_half']!r} needs the "
-            f"unconditional half, but generation.guidance_scale {generation['guidance_scale']} "
-            "<= 1 runs without classifier-free guidance; allowed: ['cond']"
+            f"unconditional half, but {backbone.no_uncond_reason(generation['guidance_scale'])}; "
+            f"allowed: {list(held)}"
         )
 
 

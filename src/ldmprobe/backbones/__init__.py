@@ -22,11 +22,14 @@ An adapter provides (``Backbone`` documents each member):
   ``__call__``), ``pack_latents(noise)`` (the initial noise [1, channels, h, w] as the
   pipeline's ``latents`` takes it) and ``unpack_latents(tensor, latent_shape)`` (a denoiser
   call's sample or prediction back to [batch, channels, h, w]), ``decode(vae, latent)``;
-  ``flow_matching`` (the family's scheduler is ``flow-euler``: x0 = x_t - sigma v);
-* CFG: ``halves`` (the CFG halves its denoiser batches can hold), ``cfg_layout(batch)``
-  ({half: row}; a family without a CFG batch (guidance-distilled)
-  maps a batch of one to ``cond`` only, so asking for ``uncond`` is an error the trace names)
-  and ``guided(prediction, guidance_scale)``;
+  ``flow_matching`` (the family's sampler is ``flow-euler``; the ``FlowMatching`` mixin);
+* CFG: ``batch_halves(guidance_scale)`` and ``no_uncond_reason`` (the preflight's check of
+  ``generation.cfg_half``: a guidance-distilled family without a CFG batch holds ``cond``
+  only, so asking for ``uncond`` stops the run with its reason), ``cfg_layout(batch)``
+  ({half: row} of a denoiser batch; the trace names a half the batch lacks) and
+  ``guided(prediction, guidance_scale)``;
+* the x0 preview: ``predict_x0(scheduler, sample, prediction, timestep)`` (the default reads
+  the scheduler's noise schedule and prediction type; a flow-matching family overrides it);
 * a denoiser call: ``call_timestep``, ``call_sample`` (from its args and kwargs),
   ``call_prediction`` (from its output), ``replay_inputs`` (what replaying it needs: text
   embeddings, pooled embeddings, ``added_cond_kwargs``...) and ``replay(denoiser, inputs)``,
@@ -36,6 +39,13 @@ An adapter provides (``Backbone`` documents each member):
 * the free-space preflight: ``denoiser_config(root)`` (its config.json, if on this machine) and
   ``estimate(config, height, width)`` from it alone (no torch: it runs at the Snakefile's
   parse).
+
+Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
+the bottom of this file), a builder of a tiny random-weight model of the real architecture in
+``ldmprobe.demo_models.BUILDERS`` (saved with ``save_pretrained`` and loaded back through
+``load_pipeline``), and a test. Where a family differs from the U-Net defaults of ``Backbone``
+(call arguments named ``hidden_states``, pooled embeddings and ``added_cond_kwargs`` in
+``replay_inputs``, an image stream read by ``point``), it overrides that member only.
 
 The modules of this package import torch and diffusers only inside functions: the Snakefile's
 parse imports them.
@@ -104,7 +114,6 @@ class Backbone:
     kind: ClassVar[str] = "unet"
     kind_label: ClassVar[str] = "U-Net"  # the denoiser in figure legends
     vae_module: ClassVar[str] = ""
-    halves: ClassVar[tuple[str, ...]] = ("uncond", "cond")
     flow_matching: ClassVar[bool] = False
     pipeline_kwargs: ClassVar[dict] = {}
 
@@ -152,6 +161,16 @@ class Backbone:
     def prompt_length(self, pipe, prompt: str) -> dict:
         raise NotImplementedError
 
+    def batch_halves(self, guidance_scale: float) -> tuple[str, ...]:
+        """The CFG halves a denoiser batch holds at this guidance scale (checked at parse time)."""
+        return ("uncond", "cond") if guidance_scale > 1 else ("cond",)
+
+    def no_uncond_reason(self, guidance_scale: float) -> str:
+        """Why ``batch_halves`` lacks ``uncond``, for the config error."""
+        return (
+            f"generation.guidance_scale {guidance_scale} <= 1 runs without classifier-free guidance"
+        )
+
     def cfg_layout(self, batch: int) -> dict[str, int]:
         """Row of each CFG half in a denoiser batch: [uncond, cond] with CFG, else cond."""
         if batch == 2:
@@ -167,6 +186,13 @@ class Backbone:
         rows = self.cfg_layout(prediction.shape[0])
         uncond, cond = prediction[rows["uncond"]], prediction[rows["cond"]]
         return (uncond + guidance_scale * (cond - uncond))[None]
+
+    def predict_x0(self, scheduler, sample, prediction, timestep):
+        """The x0 prediction of one guided call, for the previews and ``latents/x0``."""
+        from ..generation import alpha_bar, predict_x0
+
+        abar = alpha_bar(scheduler, timestep)
+        return predict_x0(sample, prediction, abar, scheduler.config.prediction_type)
 
     # One denoiser call --------------------------------------------------------------------
     def call_timestep(self, args, kwargs):
@@ -220,6 +246,17 @@ def load_named_pipeline(path: Path, allowed: tuple[str, ...], dtype, **options):
     return getattr(diffusers, name).from_pretrained(
         path, dtype=dtype, use_safetensors=True, **options
     )
+
+
+class FlowMatching:
+    """A family trained for flow matching (SD3, Flux): sampled with ``flow-euler``, and
+    x_t = (1 - sigma) x0 + sigma noise with the model predicting noise - x0."""
+
+    flow_matching = True
+
+    def predict_x0(self, scheduler, sample, prediction, timestep):
+        sigma = float(timestep) / scheduler.config.num_train_timesteps
+        return sample - sigma * prediction
 
 
 class WholeCallReplay:

@@ -12,8 +12,8 @@ Probed layers, in execution order:
 
 Every layer has one token per 2x2 latent patch. The pipeline packs the latent into those
 patches (``pack_latents``). Flux is guidance-distilled: the guidance scale is an input of the
-transformer and each call is a batch of one image, the conditional one, so ``halves`` holds
-``cond`` only and ``uncond`` is a configuration error. Flow matching: x0 = x_t - sigma v.
+transformer and each call is a batch of one image, the conditional one, so ``batch_halves``
+holds ``cond`` only and ``uncond`` is a configuration error. Flow matching: x0 = x_t - sigma v.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..trace import Point
 from . import (
     Backbone,
     Estimate,
+    FlowMatching,
     WholeCallReplay,
     load_named_pipeline,
     load_on_meta,
@@ -55,14 +56,12 @@ def with_image_tokens(output, tokens):
 
 
 @register("flux")
-class Flux(WholeCallReplay, Backbone):
+class Flux(FlowMatching, WholeCallReplay, Backbone):
     pipeline_classes = ("FluxPipeline",)
     denoiser_classes = ("FluxTransformer2DModel",)
     denoiser_attribute = "transformer"
     kind = "transformer"
     kind_label = "transformer"
-    halves = ("cond",)
-    flow_matching = True
     latent_factor = 8
     vae_module = "mid_block.attentions.0.to_out.0"
     pipeline_kwargs = {"max_sequence_length": TEXT_TOKENS}
@@ -119,6 +118,15 @@ class Flux(WholeCallReplay, Backbone):
             img_ids=torch.zeros(tokens, 3, device=device),
             txt_ids=torch.zeros(TEXT_TOKENS, 3, device=device),
             guidance=torch.ones(1, device=device) if config.guidance_embeds else None,
+        )
+
+    def batch_halves(self, guidance_scale: float) -> tuple[str, ...]:
+        return ("cond",)
+
+    def no_uncond_reason(self, guidance_scale: float) -> str:
+        return (
+            "flux is guidance-distilled: the guidance scale is an input of its transformer and "
+            "each call holds one image, the conditional one (no CFG batch)"
         )
 
     def prompt_length(self, pipe, prompt: str) -> dict:

@@ -17,6 +17,7 @@ from ..trace import Point
 from . import (
     Backbone,
     Estimate,
+    FlowMatching,
     WholeCallReplay,
     load_named_pipeline,
     load_on_meta,
@@ -36,13 +37,12 @@ def with_image_stream(output, tokens):
 
 
 @register("stable-diffusion-3")
-class StableDiffusion3(WholeCallReplay, Backbone):
+class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
     pipeline_classes = ("StableDiffusion3Pipeline",)
     denoiser_classes = ("SD3Transformer2DModel",)
     denoiser_attribute = "transformer"
     kind = "transformer"
     kind_label = "transformer"
-    flow_matching = True
     latent_factor = 8
     vae_module = "mid_block.attentions.0.to_out.0"
 
