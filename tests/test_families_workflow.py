@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 import zarr
-from workflow import TINY_KEYS, run_snakemake, tiny_config
+from workflow import REPO, TINY_KEYS, jobs_to_run, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -82,3 +82,14 @@ def test_generation_and_one_probe_cell_on_a_tiny_family_model(kind, tmp_path):
     meta = json.loads((tmp_path / "results/generation/lemon/101/meta.json").read_text())
     assert meta["cfg_halves"] == ["cond"] and meta["scheduler"] == "FlowMatchEulerDiscreteScheduler"
     assert layer in [entry["name"] for entry in meta["layers"]]
+
+
+@pytest.mark.parametrize("name", ["config", "sdxl", "pixart", "sd3", "flux"])
+def test_reference_config_dry_run_builds_the_dag_without_weights(name, tmp_path):
+    """`snakemake -n --configfile config/<family>.yaml` on a machine without the weights: the
+    DAG up to the layer table, and the models a real run needs, named."""
+    result = run_snakemake(tmp_path, REPO / "config" / f"{name}.yaml", "-n")
+    counts = jobs_to_run(result)
+    assert counts["layer_table"] == 1 and counts["generate_batch0"] == 1
+    if "dry run without these models" in result.stderr:
+        assert "models.diffusion" in result.stderr

@@ -58,7 +58,6 @@ def with_image_tokens(output, tokens):
 @register("flux")
 class Flux(FlowMatching, WholeCallReplay, Backbone):
     pipeline_classes = ("FluxPipeline",)
-    denoiser_classes = ("FluxTransformer2DModel",)
     denoiser_attribute = "transformer"
     kind = "transformer"
     kind_label = "transformer"

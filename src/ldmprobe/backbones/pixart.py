@@ -37,7 +37,6 @@ PROBED_OUTPUT = "to_out.0"
 @register("pixart")
 class PixArt(WholeCallReplay, Backbone):
     pipeline_classes = ("PixArtSigmaPipeline", "PixArtAlphaPipeline")
-    denoiser_classes = ("PixArtTransformer2DModel",)
     denoiser_attribute = "transformer"
     kind = "transformer"
     kind_label = "transformer"

@@ -39,7 +39,6 @@ def with_image_stream(output, tokens):
 @register("stable-diffusion-3")
 class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
     pipeline_classes = ("StableDiffusion3Pipeline",)
-    denoiser_classes = ("SD3Transformer2DModel",)
     denoiser_attribute = "transformer"
     kind = "transformer"
     kind_label = "transformer"

@@ -31,7 +31,6 @@ def layer_name(module_path: str) -> tuple[str, str]:
 @register("stable-diffusion-xl")
 class StableDiffusionXL(WholeCallReplay, sd.StableDiffusion):
     pipeline_classes = ("StableDiffusionXLPipeline",)
-    denoiser_classes = ()  # its U-Net class is SD's: a loaded U-Net is found as SD's
 
     def load_pipeline(self, path: Path, dtype):
         # No invisible watermark: it would change the images the labelers see.
