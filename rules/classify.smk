@@ -33,8 +33,9 @@ IMAGE_STAGES.append(
         entry_point="../scripts/classify_generate.py",
         settings={
             "model": CONFIG["models"]["diffusion"],
-            "allow_download": ALLOW_DOWNLOAD,
+            "allow_download": untracked(ALLOW_DOWNLOAD),
             "generation": CLASSIFY_GENERATION,
+            "device": untracked(CONFIG["generation"]["device"]),
         },
         model=model_input(CONFIG["models"]["diffusion"]),
         outputs={
@@ -61,9 +62,9 @@ IMAGE_STAGES.append(
         entry_point="../scripts/classify.py",
         settings={
             "model": CLASSIFICATION["model"],
-            "allow_download": ALLOW_DOWNLOAD,
-            "device": CLASSIFICATION["device"],
-            "batch_size": CLASSIFICATION["batch_size"],
+            "allow_download": untracked(ALLOW_DOWNLOAD),
+            "device": untracked(CLASSIFICATION["device"]),
+            "batch_size": untracked(CLASSIFICATION["batch_size"]),
             "top_k": CLASSIFICATION["top_k"],
             "kinds": CLASSIFICATION["preview_kinds"],
         },

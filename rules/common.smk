@@ -101,6 +101,21 @@ elif _missing:
     fail("\n".join(_missing))
 
 
+def untracked(value):
+    """A param that decides how a job runs, not what it writes: where it computes (a device,
+    `auto` resolving differently on a submit host and a GPU node), how many inputs it takes at
+    once, whether it may download. Snakemake reruns a job whose params differ from those its
+    outputs were made with; it leaves out params computed by a function of the job's
+    `threads` (or input, output, resources), as derived from what it tracks itself, so a
+    change of this value reruns nothing (`--forcerun <rule>` does, on purpose)."""
+    return lambda wildcards, threads: value
+
+
+def without(section, *keys):
+    """A config section as a param, less its untracked keys."""
+    return {key: value for key, value in section.items() if key not in keys}
+
+
 def model_input(model):
     """The model folder as an input when this workflow builds it (demo), else nothing."""
     return [model["id"]] if built_by_workflow(model) else []

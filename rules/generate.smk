@@ -19,8 +19,9 @@ IMAGE_STAGES.append(
         entry_point="../scripts/generate.py",
         settings={
             "model": CONFIG["models"]["diffusion"],
-            "allow_download": ALLOW_DOWNLOAD,
-            "generation": CONFIG["generation"],
+            "allow_download": untracked(ALLOW_DOWNLOAD),
+            "generation": without(CONFIG["generation"], "device"),
+            "device": untracked(CONFIG["generation"]["device"]),
             "controls": generation_controls(),
             "prompt_encoding": CONFIG["prompts"]["encoding"],
         },

@@ -1,14 +1,12 @@
 # The rules of every per-image stage (declared as an ImageStage in its own .smk: generate,
 # label, classify_generate, classify), written once: one wildcard rule per image with
 # images_per_job 1, else one rule per batch of images_per_job consecutive table rows.
-# The script path is looked up by rule name: Snakemake evaluates `script:` twice, here (where
-# `rule` is not defined: the loop's rule_name) and again when the job runs, after this loop has
-# moved on (`stage` would be the last stage), in the rule's code, which sees the rule's name as
-# `rule`; every other directive is evaluated here only.
-IMAGE_RULE_SCRIPTS = {}
-for stage in IMAGE_STAGES:
+# A function, not a bare loop: Snakemake evaluates `script:` again when a job runs, and a loop
+# variable would by then be the last stage; the function's `stage` stays its own. (snakefmt
+# 2.1 cannot parse a rule inside a function, hence fmt: off.)
+# fmt: off
+def image_stage_rules(stage):
     for rule_name, batch in image_rules(stage.stage, stage.keys):
-        IMAGE_RULE_SCRIPTS[rule_name] = stage.entry_point
 
         rule:
             name:
@@ -29,4 +27,9 @@ for stage in IMAGE_STAGES:
                 **stage.settings,
                 images=image_fields(stage.fields, batch),
             script:
-                IMAGE_RULE_SCRIPTS[locals().get("rule", rule_name)]
+                stage.entry_point
+
+
+for image_stage in IMAGE_STAGES:
+    image_stage_rules(image_stage)
+# fmt: on

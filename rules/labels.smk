@@ -11,9 +11,9 @@ IMAGE_STAGES.append(
         entry_point="../scripts/label.py",
         settings=dict(
             task=lambda wildcards: CONFIG["labels"]["tasks"][wildcards.task],
-            allow_download=ALLOW_DOWNLOAD,
-            device=CONFIG["labels"]["device"],
-            batch_size=CONFIG["labels"]["batch_size"],
+            allow_download=untracked(ALLOW_DOWNLOAD),
+            device=untracked(CONFIG["labels"]["device"]),
+            batch_size=untracked(CONFIG["labels"]["batch_size"]),
         ),
         inputs={
             "image": f"{GENERATION_DIR}/image.png",

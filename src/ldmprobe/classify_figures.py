@@ -10,6 +10,7 @@ import pandas as pd
 
 from .classify_stats import FINAL
 from .io import atomic_file
+from .provenance import png_text
 from .tasks import KINDS
 
 # --- figures --------------------------------------------------------------------------------------
@@ -222,5 +223,5 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=png_text())
     plt.close(fig)

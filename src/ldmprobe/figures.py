@@ -12,9 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import metrics  # noqa: E402
 from .io import atomic_file  # noqa: E402
+from .provenance import png_text  # noqa: E402
 from .sources import LABELER, SOURCES, legend, named  # noqa: E402
-from .tasks import LOWER_IS_BETTER  # noqa: E402
 
 METRIC_LABELS = {
     "dice": "Dice",
@@ -26,7 +27,7 @@ METRIC_LABELS = {
 
 def _save(fig, path: str | Path) -> None:
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=png_text())
     plt.close(fig)
 
 
@@ -35,7 +36,7 @@ def heatmap(summary: pd.DataFrame, task: str, metric: str, source: str, path: st
     rows = summary[(summary.task == task) & (summary.metric == metric) & (summary.source == source)]
     grid = rows.pivot_table(index=["layer_order", "layer"], columns="step", values="mean")
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * grid.shape[1], 1.0 + 0.32 * grid.shape[0]))
-    cmap = "viridis_r" if metric in LOWER_IS_BETTER else "viridis"
+    cmap = "viridis_r" if metrics.lower_is_better(metric) else "viridis"
     image = ax.imshow(grid.to_numpy(), aspect="auto", cmap=cmap)
     ax.set_xticks(range(grid.shape[1]), [str(step) for step in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [layer for _order, layer in grid.index])
@@ -80,7 +81,7 @@ def comparison(
     """
     rows = summary[(summary.task == task) & (summary.metric == metric)]
     marks = emergence[(emergence.task == task) & (emergence.metric == metric)]
-    lower = metric in LOWER_IS_BETTER
+    lower = metrics.lower_is_better(metric)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     present = sorted(rows.source.unique(), key=lambda name: SOURCES.index(named(name)))
     for source in present:

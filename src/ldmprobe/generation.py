@@ -19,6 +19,7 @@ import torch
 from .backbones import backbone_of
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, select_layers
+from .provenance import VERSION_KEY, package_version, png_info
 from .sources import DENOISER, GUIDED, PERMUTED, VAE
 from .storage import ActivationWriter, array_path, create_store
 from .trace import Point, Trace
@@ -309,7 +310,7 @@ def generate(
                     else:
                         images = decode_latents(backbone, pipe, latents[kind])
                     for step, image in enumerate(images):
-                        image.save(tmp_previews / kind / f"step{step:03d}.png")
+                        image.save(tmp_previews / kind / f"step{step:03d}.png", pnginfo=png_info())
                 log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
                 if settings.vae_latent and settings.vae_latent not in settings.preview_kinds:
                     with vae_trace(backbone, pipe.vae, writer):
@@ -320,6 +321,7 @@ def generate(
         group["latents/x0"][:] = latents["x0"]
         group.attrs.update(
             {
+                VERSION_KEY: package_version(),
                 "steps": n_calls,
                 "layers": [layer.to_dict() for layer in layers],
                 "controls": {
@@ -338,7 +340,7 @@ def generate(
         )
 
     with atomic_file(image_path) as tmp_image:
-        result.images[0].save(tmp_image, format="PNG")
+        result.images[0].save(tmp_image, format="PNG", pnginfo=png_info())
 
     meta = {
         **provenance,

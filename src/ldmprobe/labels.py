@@ -19,6 +19,7 @@ from .config import ConfigError
 from .io import atomic_file, rerun_advice
 from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref
 from .models import ModelRef
+from .provenance import VERSION_KEY, package_version
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def label_image(
     final_raw = raw[0]
     preview_raw = np.stack(raw[1:]) if raw[1:] else np.zeros((0, *final_raw.shape), np.float32)
     target_options = {**labeler.settings, **options}
-    record = {**provenance, "labeler_info": labeler.info}
+    record = {**provenance, "labeler_info": labeler.info, VERSION_KEY: package_version()}
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,

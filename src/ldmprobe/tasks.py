@@ -2,27 +2,28 @@
 
 The rules (which figures exist), the schema check of task names, labels (how a raw map becomes a
 target), probes, emergence and the figures read these declarations. Imported when the
-Snakefile is parsed: standard library only.
+Snakefile is parsed: numpy and the standard library only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .metrics import METRICS_OF_KIND
+
 
 @dataclass(frozen=True)
 class Kind:
     name: str
-    metrics: tuple[str, ...]  # per test image, in the tables' order
     headline: str  # the metric of the report's probe-vs-labeler sentence
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Per test image, in the tables' order (``ldmprobe.metrics`` owns the metrics)."""
+        return METRICS_OF_KIND[self.name]
 
-KINDS = {
-    "binary": Kind("binary", ("dice",), "dice"),
-    "continuous": Kind("continuous", ("spearman", "pearson", "rmse"), "spearman"),
-}
-# Metrics where smaller is better; every other metric is better when larger.
-LOWER_IS_BETTER = frozenset({"rmse"})
+
+KINDS = {kind.name: kind for kind in (Kind("binary", "dice"), Kind("continuous", "spearman"))}
 
 
 @dataclass(frozen=True)
