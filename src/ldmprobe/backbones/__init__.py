@@ -281,6 +281,13 @@ def detached(value):
     return value.detach() if hasattr(value, "detach") else value
 
 
+def default_text_length(pipe) -> int:
+    """The T5 tokens a pipeline encodes when not told otherwise (its ``max_sequence_length``)."""
+    import inspect
+
+    return inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+
+
 def prompt_tokens(tokenizer, prompt: str, limit: int, encoder: str) -> dict:
     """Tokens of ``prompt`` for one text encoder, and whether it sees only the first ``limit``."""
     count = len(tokenizer(prompt, truncation=False).input_ids)

@@ -15,7 +15,6 @@ ungated output is also the tensor an intervention edits, upstream of the gate.
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from . import (
     Backbone,
     Estimate,
     WholeCallReplay,
+    default_text_length,
     load_named_pipeline,
     load_on_meta,
     prompt_tokens,
@@ -88,9 +88,7 @@ class PixArt(WholeCallReplay, Backbone):
 
     def prompt_length(self, pipe, prompt: str) -> dict:
         # T5 sees the pipeline's max_sequence_length tokens (Σ: 300, α: 120).
-        call = inspect.signature(type(pipe).__call__).parameters
-        limit = call["max_sequence_length"].default
-        return prompt_tokens(pipe.tokenizer, prompt, limit, "T5")
+        return prompt_tokens(pipe.tokenizer, prompt, default_text_length(pipe), "T5")
 
     def call_prediction(self, output):
         # PixArt predicts the noise and its variance (out_channels = 2 x in_channels); the

@@ -19,6 +19,7 @@ from . import (
     Estimate,
     FlowMatching,
     WholeCallReplay,
+    default_text_length,
     load_named_pipeline,
     load_on_meta,
     prompt_tokens,
@@ -84,7 +85,7 @@ class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
         # The pipeline's default max_sequence_length of T5; without T5, CLIP's 77 tokens.
         if pipe.tokenizer_3 is None:
             return prompt_tokens(pipe.tokenizer, prompt, pipe.tokenizer.model_max_length, "CLIP")
-        return prompt_tokens(pipe.tokenizer_3, prompt, 256, "T5")
+        return prompt_tokens(pipe.tokenizer_3, prompt, default_text_length(pipe), "T5")
 
     def call_sample(self, args, kwargs):
         return kwargs["hidden_states"]
