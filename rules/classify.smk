@@ -67,6 +67,7 @@ IMAGE_STAGES.append(
             "batch_size": untracked(CLASSIFICATION["batch_size"]),
             "top_k": CLASSIFICATION["top_k"],
             "kinds": CLASSIFICATION["preview_kinds"],
+            "classes": CLASSIFICATION["classes"],
         },
         inputs={
             "image": f"{CLASSIFY_DIR}/image.png",
