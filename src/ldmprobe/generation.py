@@ -87,29 +87,34 @@ def store_tokens(writer, source: str):
 
 class DenoiserCalls:
     """A trace's ``on_call``: every denoiser call's timestep, inputs (for replaying it), the
-    noisy latent x_t of the guided trajectory and its x0 prediction."""
+    noisy latent x_t of the guided trajectory and its x0 prediction; logs each call."""
 
-    def __init__(self, backbone, scheduler, guidance_scale: float):
+    def __init__(self, backbone, scheduler, guidance_scale: float, latent_shape, n_calls: int):
         self.backbone = backbone
         self.scheduler = scheduler
         self.guidance_scale = guidance_scale
+        self.latent_shape = latent_shape
+        self.n_calls = n_calls
         self.timesteps: list[float] = []
         self.inputs: list[dict] = []
         self.xt: list[np.ndarray] = []
         self.x0: list[np.ndarray] = []
 
-    def __call__(self, _step, args, kwargs, output) -> None:
+    def __call__(self, step, args, kwargs, output) -> None:
         backbone = self.backbone
         timestep = backbone.call_timestep(args, kwargs)
         self.timesteps.append(
             float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else timestep
         )
+        log.info("step %d/%d (timestep %.2f)", step + 1, self.n_calls, self.timesteps[-1])
         self.inputs.append(backbone.replay_inputs(args, kwargs))
         sample = backbone.call_sample(args, kwargs).float()
         prediction = backbone.call_prediction(output).float()
         cond = backbone.cfg_layout(sample.shape[0])["cond"]
-        prediction = backbone.guided(prediction, self.guidance_scale)
-        sample = sample[cond : cond + 1]
+        prediction = backbone.unpack_latents(
+            backbone.guided(prediction, self.guidance_scale), self.latent_shape
+        )
+        sample = backbone.unpack_latents(sample[cond : cond + 1], self.latent_shape)
         x0 = backbone.predict_x0(self.scheduler, sample, prediction, self.timesteps[-1])
         self.xt.append(sample[0].cpu().numpy())
         self.x0.append(x0[0].cpu().numpy())
@@ -170,19 +175,21 @@ def vae_trace(backbone, vae, writer) -> Trace:
 
 
 def count_unet_calls(scheduler, steps: int) -> tuple[int, list[float]]:
-    scheduler.set_timesteps(steps)
+    # Flux's scheduler shifts its sigmas by the image size (mu); the count does not depend on it.
+    shift = {"mu": 0.0} if getattr(scheduler.config, "use_dynamic_shifting", False) else {}
+    scheduler.set_timesteps(steps, **shift)
     timesteps = [float(t) for t in scheduler.timesteps]
     return len(timesteps), timesteps
 
 
-def decode_latents(pipe, latents: np.ndarray):
+def decode_latents(backbone, pipe, latents: np.ndarray):
     """PIL images of latents [n, channels, h, w], decoded one by one to bound memory."""
     images = []
     vae = pipe.vae
     for latent in latents:
         tensor = torch.from_numpy(latent[None]).to(vae.device, vae.dtype)
         with torch.no_grad():
-            decoded = vae.decode(tensor / vae.config.scaling_factor).sample
+            decoded = backbone.decode(vae, tensor)
         images.extend(pipe.image_processor.postprocess(decoded.float(), output_type="pil"))
     return images
 
@@ -261,31 +268,30 @@ def generate(
         group = create_store(tmp_store, arrays, settings.codec)
         writer = ActivationWriter(group, settings.write_queue)
         try:
-            calls = DenoiserCalls(backbone, pipe.scheduler, settings.guidance_scale)
+            calls = DenoiserCalls(
+                backbone, pipe.scheduler, settings.guidance_scale, latent_shape, n_calls
+            )
             points = [backbone.point(layer.name, layer.module_path) for layer in layers]
-            with Trace(
-                denoiser,
-                points if settings.halves else [],
-                halves=settings.halves,
-                layout=backbone.cfg_layout,
-                record=store_tokens(writer, DENOISER.name(backbone.kind)),
-                on_call=calls,
-            ) as trace:
-
-                def report_progress(_pipe, step_index, timestep, callback_kwargs):
-                    log.info("step %d/%d (timestep %.2f)", step_index + 1, n_calls, float(timestep))
-                    return callback_kwargs
-
-                with torch.no_grad():
-                    result = pipe(
-                        prompt,
-                        height=settings.height,
-                        width=settings.width,
-                        num_inference_steps=settings.steps,
-                        guidance_scale=settings.guidance_scale,
-                        latents=noise.to(pipe.device, denoiser.dtype),
-                        callback_on_step_end=report_progress,
-                    )
+            with (
+                Trace(
+                    denoiser,
+                    points if settings.halves else [],
+                    halves=settings.halves,
+                    layout=backbone.cfg_layout,
+                    record=store_tokens(writer, DENOISER.name(backbone.kind)),
+                    on_call=calls,
+                ) as trace,
+                torch.no_grad(),
+            ):
+                result = pipe(
+                    prompt,
+                    height=settings.height,
+                    width=settings.width,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    latents=backbone.pack_latents(noise).to(pipe.device, denoiser.dtype),
+                    **backbone.pipeline_kwargs,
+                )
             if trace.calls != n_calls:
                 raise RuntimeError(f"expected {n_calls} U-Net calls, recorded {trace.calls}")
             if permuted_layers:
@@ -300,15 +306,15 @@ def generate(
                     (tmp_previews / kind).mkdir()
                     if kind == settings.vae_latent:
                         with vae_trace(backbone, pipe.vae, writer):
-                            images = decode_latents(pipe, latents[kind])
+                            images = decode_latents(backbone, pipe, latents[kind])
                     else:
-                        images = decode_latents(pipe, latents[kind])
+                        images = decode_latents(backbone, pipe, latents[kind])
                     for step, image in enumerate(images):
                         image.save(tmp_previews / kind / f"step{step:03d}.png", pnginfo=png_info())
                 log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
                 if settings.vae_latent and settings.vae_latent not in settings.preview_kinds:
                     with vae_trace(backbone, pipe.vae, writer):
-                        decode_latents(pipe, latents[settings.vae_latent])
+                        decode_latents(backbone, pipe, latents[settings.vae_latent])
         finally:
             writer.close()
         group["latents/xt"][:] = latents["xt"]

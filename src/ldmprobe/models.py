@@ -244,6 +244,7 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler",
     "dpmpp": "DPMSolverMultistepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from .backbones import Estimate, get_backbone
 from .config import ConfigError
 
+FLOW_SCHEDULER = "flow-euler"  # the flow-matching families' sampler (models.SCHEDULERS)
 FILE_OVERHEAD = 4096  # headers of one PNG or npz file, rounded up
 
 
@@ -57,6 +58,15 @@ def check_consistency(config: dict) -> None:
         raise ConfigError(
             f"config key 'probe.cfg_half': {probed!r} is not stored, generation.cfg_half is "
             f"{generation['cfg_half']!r}; allowed: {stored} (or set generation.cfg_half: both)"
+        )
+    flow = generation["scheduler"] == FLOW_SCHEDULER
+    if flow != backbone.flow_matching:
+        allowed = [FLOW_SCHEDULER] if backbone.flow_matching else "any but " + FLOW_SCHEDULER
+        raise ConfigError(
+            f"config key 'generation.scheduler': {generation['scheduler']!r} does not fit the "
+            f"{backbone.name} backbone, trained for "
+            f"{'flow matching' if backbone.flow_matching else 'noise prediction'}; "
+            f"allowed: {allowed}"
         )
     held = backbone.batch_halves(generation["guidance_scale"])
     if "uncond" in stored and "uncond" not in held:

@@ -18,6 +18,11 @@ An adapter provides (``Backbone`` documents each member):
   stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
   ``discovery_call(denoiser, latent_h, latent_w)``, one forward on zeros for the token grids;
 * the prompt: ``prompt_length(pipe, prompt)`` (the text encoder's limit, and whether it cuts);
+* the pipeline call: ``pipeline_kwargs`` (extra keyword arguments of the pipeline's
+  ``__call__``), ``pack_latents(noise)`` (the initial noise [1, channels, h, w] as the
+  pipeline's ``latents`` takes it) and ``unpack_latents(tensor, latent_shape)`` (a denoiser
+  call's sample or prediction back to [batch, channels, h, w]), ``decode(vae, latent)``;
+  ``flow_matching`` (the family's sampler is ``flow-euler``; the ``FlowMatching`` mixin);
 * CFG: ``batch_halves(guidance_scale)`` and ``no_uncond_reason`` (the preflight's check of
   ``generation.cfg_half``: a guidance-distilled family without a CFG batch holds ``cond``
   only, so asking for ``uncond`` stops the run with its reason), ``cfg_layout(batch)``
@@ -49,11 +54,14 @@ parse imports them.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from ..trace import Point
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "stable-diffusion"
 
@@ -106,6 +114,8 @@ class Backbone:
     kind: ClassVar[str] = "unet"
     kind_label: ClassVar[str] = "U-Net"  # the denoiser in figure legends
     vae_module: ClassVar[str] = ""
+    flow_matching: ClassVar[bool] = False
+    pipeline_kwargs: ClassVar[dict] = {}
 
     # Loading ------------------------------------------------------------------------------
     def load_pipeline(self, path: Path, dtype):
@@ -134,6 +144,18 @@ class Backbone:
 
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         raise NotImplementedError
+
+    def pack_latents(self, noise):
+        return noise
+
+    def unpack_latents(self, tensor, latent_shape: tuple[int, int, int]):
+        return tensor
+
+    def decode(self, vae, latent):
+        """The VAE's decoded image [1, 3, H, W] of a latent [1, channels, h, w]."""
+        shift = getattr(vae.config, "shift_factor", None)
+        latent = latent / vae.config.scaling_factor
+        return vae.decode(latent if shift is None else latent + shift).sample
 
     # Prompt and CFG -----------------------------------------------------------------------
     def prompt_length(self, pipe, prompt: str) -> dict:
@@ -197,4 +219,92 @@ class Backbone:
         raise NotImplementedError
 
 
-from . import stable_diffusion  # noqa: E402, F401
+def load_on_meta(model_class: str, path: Path, subfolder: str):
+    """A diffusers model's structure from its config.json, without weights (meta device)."""
+    from ..compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import diffusers
+    import torch
+
+    model = getattr(diffusers, model_class)
+    config = model.load_config(path, subfolder=subfolder)
+    with torch.device("meta"):
+        return model.from_config(config)
+
+
+def load_named_pipeline(path: Path, allowed: tuple[str, ...], dtype, **options):
+    """The pipeline class that ``model_index.json`` names (one of ``allowed``), loaded."""
+    from ..compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import diffusers
+
+    name = json.loads((path / "model_index.json").read_text())["_class_name"]
+    if name not in allowed:
+        raise ValueError(f"{path} holds a {name}; this backbone loads {list(allowed)}")
+    return getattr(diffusers, name).from_pretrained(
+        path, dtype=dtype, use_safetensors=True, **options
+    )
+
+
+class FlowMatching:
+    """A family trained for flow matching (SD3, Flux): sampled with ``flow-euler``, and
+    x_t = (1 - sigma) x0 + sigma noise with the model predicting noise - x0."""
+
+    flow_matching = True
+
+    def predict_x0(self, scheduler, sample, prediction, timestep):
+        sigma = float(timestep) / scheduler.config.num_train_timesteps
+        return sample - sigma * prediction
+
+
+class WholeCallReplay:
+    """Replays a denoiser call with all its recorded arguments: for families whose calls carry
+    more than the sample, the timestep and the text embeddings (pooled embeddings, time ids,
+    attention masks, position ids, guidance)."""
+
+    def replay_inputs(self, args, kwargs) -> dict:
+        return {"args": detached(args), "kwargs": detached(kwargs)}
+
+    def replay(self, denoiser, inputs: dict) -> None:
+        denoiser(*inputs["args"], **inputs["kwargs"])
+
+
+def detached(value):
+    """``value`` (a call's args or kwargs) with every tensor in it detached: what replaying the
+    call needs, whatever the family passes (embeddings, ids, ``added_cond_kwargs``)."""
+    if isinstance(value, dict):
+        return {key: detached(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(detached(item) for item in value)
+    return value.detach() if hasattr(value, "detach") else value
+
+
+def default_text_length(pipe) -> int:
+    """The T5 tokens a pipeline encodes when not told otherwise (its ``max_sequence_length``)."""
+    import inspect
+
+    return inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+
+
+def prompt_tokens(tokenizer, prompt: str, limit: int, encoder: str) -> dict:
+    """Tokens of ``prompt`` for one text encoder, and whether it sees only the first ``limit``."""
+    count = len(tokenizer(prompt, truncation=False).input_ids)
+    if count > limit:
+        log.warning(
+            "prompt is %d tokens; the %s text encoder sees only the first %d (truncated)",
+            count,
+            encoder,
+            limit,
+        )
+    return {"prompt_tokens": count, "prompt_truncated": count > limit}
+
+
+from . import (  # noqa: E402, F401
+    flux,
+    pixart,
+    stable_diffusion,
+    stable_diffusion_3,
+    stable_diffusion_xl,
+)
