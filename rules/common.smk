@@ -27,6 +27,7 @@ except (ConfigError, PromptTableError) as error:
 RESULTS = CONFIG["results"]
 LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
+WORLD_WEIGHTS = CONFIG["world"]["weights_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
 METRICS_OF_KIND = {"binary": ["dice"], "continuous": ["spearman", "pearson", "rmse"]}
@@ -46,7 +47,11 @@ wildcard_constraints:
 
 
 def built_by_workflow(model):
-    return DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR)
+    """Demo models are the workflow's own; the world's trained weights are committed, used as
+    they are, and trained by the workflow (rules/world.smk) only when absent."""
+    if DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR):
+        return True
+    return is_inside(model["id"], WORLD_WEIGHTS) and not os.path.isdir(model["id"])
 
 
 def model_refs():

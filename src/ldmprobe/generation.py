@@ -44,15 +44,27 @@ class GenerationSettings:
     permuted_layers: tuple[str, ...] | None = None
     permutation_seed: int = 0
     vae_latent: str | None = None
+    # Where x_T comes from: None for Gaussian noise from the seed; the known-answer world's
+    # route (b) gives {"kind": "world-inversion", "data_seed": n} (``world/inversion.py``).
+    start: dict | None = None
 
 
-def initial_noise(seed: int, height: int, width: int, channels: int = 4):
+def initial_noise(seed: int, height: int, width: int, channels: int = 4, scale: int = 8):
     """The reference recipe: ``torch.manual_seed(seed)``, then a CPU normal draw.
 
-    The pipeline scales it by the scheduler's initial sigma.
+    The pipeline scales it by the scheduler's initial sigma. ``scale``: the VAE's downsampling
+    factor (8 for SD; the known-answer world's VAE has 4).
     """
     generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn((1, channels, height // 8, width // 8), generator=generator)
+    return torch.randn((1, channels, height // scale, width // scale), generator=generator)
+
+
+def start_latents(pipe, prompt: str, seed: int, settings: GenerationSettings):
+    if settings.start is None:
+        return initial_noise(seed, settings.height, settings.width, scale=pipe.vae_scale_factor)
+    from .world.inversion import inverted_start
+
+    return inverted_start(pipe, prompt, seed, settings.start, settings.height, settings.steps)
 
 
 def alpha_bar(scheduler, timestep) -> float:
@@ -265,7 +277,8 @@ def generate(
     ``permuted``: the permuted-U-Net control's network (``permuted_unet``), made once per job;
     made here when the settings ask for the control and none is given.
     """
-    latent_h, latent_w = settings.height // 8, settings.width // 8
+    latent_h = settings.height // pipe.vae_scale_factor
+    latent_w = settings.width // pipe.vae_scale_factor
     layers = discover_layers(pipe.unet, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
     cfg = settings.guidance_scale > 1.0
@@ -312,7 +325,7 @@ def generate(
     arrays["latents/x0"] = ((n_calls, 4, latent_h, latent_w), "float32")
 
     prompt_info = check_prompt_length(pipe, prompt)
-    noise = initial_noise(seed, settings.height, settings.width)
+    noise = start_latents(pipe, prompt, seed, settings)
     log.info("generating seed %d, %d U-Net calls, %d layers", seed, n_calls, len(layers))
 
     with atomic_directory(store_path) as tmp_store:

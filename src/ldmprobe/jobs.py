@@ -73,11 +73,18 @@ def layer_table(model: dict, allow_download: bool, generation: dict, out_path: s
     """The U-Net's self-attention layers and the U-Net calls of the configured schedule."""
     from .generation import count_unet_calls
     from .layers import discover_layers
-    from .models import ModelRef, load_scheduler_config, load_unet_on_meta, make_scheduler
+    from .models import (
+        ModelRef,
+        load_scheduler_config,
+        load_unet_on_meta,
+        make_scheduler,
+        vae_scale_factor,
+    )
 
     ref = ModelRef.from_config("models.diffusion", model)
     unet = load_unet_on_meta(ref, allow_download)
-    layers = discover_layers(unet, generation["height"] // 8, generation["width"] // 8)
+    scale = vae_scale_factor(ref, allow_download)
+    layers = discover_layers(unet, generation["height"] // scale, generation["width"] // scale)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)
@@ -135,6 +142,7 @@ def generate(
         halves=halves,
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
+        start=None if generation["start"]["kind"] == "noise" else generation["start"],
         **control_settings(controls or {}),
     )
     permuted = None

@@ -1,0 +1,61 @@
+# The known-answer world's latent diffusion model (issue 15), trained from scratch on rendered
+# scenes: VAE, cached latents, then U-Net and text encoder, saved as a StableDiffusionPipeline
+# folder that generation loads as it loads SD. Not part of `all`: retrain with
+# `make world-weights`. Checkpoints under work_dir let an interrupted run resume.
+from ldmprobe.world.train import Recipe
+
+WORLD = CONFIG["world"]
+WORLD_WORK = WORLD["work_dir"]
+
+try:
+    Recipe.from_dict(WORLD["recipe"])
+except (TypeError, ValueError) as error:
+    fail(error)
+
+
+rule world_vae:
+    output:
+        directory(f"{WORLD_WORK}/vae"),
+    log:
+        f"{LOGS}/world/vae.log",
+    threads: WORLD["threads"]
+    params:
+        recipe=WORLD["recipe"],
+        checkpoint=f"{WORLD_WORK}/checkpoints/vae.pt",
+    script:
+        "../scripts/world_vae.py"
+
+
+rule world_latents:
+    input:
+        rules.world_vae.output,
+    output:
+        f"{WORLD_WORK}/latents.npz",
+    log:
+        f"{LOGS}/world/latents.log",
+    threads: WORLD["threads"]
+    params:
+        recipe=WORLD["recipe"],
+    script:
+        "../scripts/world_latents.py"
+
+
+rule world_diffusion:
+    input:
+        vae=rules.world_vae.output,
+        latents=rules.world_latents.output,
+    output:
+        directory(f"{WORLD['weights_dir']}/diffusion"),
+    log:
+        f"{LOGS}/world/diffusion.log",
+    threads: WORLD["threads"]
+    params:
+        recipe=WORLD["recipe"],
+        checkpoint=f"{WORLD_WORK}/checkpoints/diffusion.pt",
+    script:
+        "../scripts/world_diffusion.py"
+
+
+rule world_weights:
+    input:
+        rules.world_diffusion.output,
