@@ -42,8 +42,8 @@ rule world_latents:
 
 rule world_diffusion:
     input:
-        vae=rules.world_vae.output,
-        latents=rules.world_latents.output,
+        vae=rules.world_vae.output[0],
+        latents=rules.world_latents.output[0],
     output:
         directory(f"{WORLD['weights_dir']}/diffusion"),
     log:

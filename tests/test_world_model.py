@@ -97,13 +97,8 @@ def test_short_retrain_through_the_rules_gives_a_pipeline_generation_loads(tmp_p
     from ldmprobe import jobs
 
     weights = tmp_path / "world-weights"
-    config = tiny_config(
-        tmp_path,
-        world__recipe=TINY,
-        world__weights_dir=str(weights),
-        world__work_dir=str(tmp_path / "work"),
-        world__threads=1,
-    )
+    world = {"recipe": TINY, "weights_dir": str(weights), "work_dir": str(tmp_path / "work")}
+    config = tiny_config(tmp_path, world={**world, "threads": 1})
     run_snakemake(tmp_path, config, "world_weights")
     folder = weights / "diffusion"
     record = json.loads((folder / "RECIPE.json").read_text())
@@ -121,9 +116,16 @@ def test_short_retrain_through_the_rules_gives_a_pipeline_generation_loads(tmp_p
     generation = {"scheduler": "ddim", "steps": 4, "height": 64, "width": 64}
     jobs.layer_table(model, False, generation, table)
     layers = json.loads(table.read_text())["layers"]
-    # 4x VAE: 64 px -> 16x16 latents; attention at 16x16 and 8x8 (the deepest block has none).
-    assert {(x["height"], x["width"]) for x in layers} == {(16, 16), (8, 8)}
-    assert [x["name"] for x in layers] == ["down0.0", "down1.0", "up1.0", "up1.1", "up2.0", "up2.1"]
+    # 4x VAE: 64 px -> 16x16 latents; SD's layout: no attention in the deepest block.
+    assert [(x["name"], x["height"]) for x in layers] == [
+        ("down0.0", 16),
+        ("down1.0", 8),
+        ("mid.0", 4),
+        ("up1.0", 8),
+        ("up1.1", 8),
+        ("up2.0", 16),
+        ("up2.1", 16),
+    ]
 
     # Route (b): the run starts from the inverted render of scene 3 of data seed 1.
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
