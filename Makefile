@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 8
 
-.PHONY: install demo report test lint format clean bench bench-gpu bench-cluster
+.PHONY: install demo report test lint format clean bench bench-gpu bench-cluster world-weights
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(VENV)/.installed
 demo: install
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml
 	$(SNAKEMAKE) --configfile config/demo.yaml --report results/report.html
+
+# Retrains the known-answer world's latent diffusion model from scratch (rules/world.smk) into
+# world/weights/diffusion, with its RECIPE.json (recipe, data seed, versions, time, quality).
+world-weights: install
+	$(SNAKEMAKE) --cores 2 --configfile config/world.yaml --forcerun world_vae -- world_weights
 
 test: install
 	$(PY) -m pytest -q -n 2 tests

@@ -8,7 +8,7 @@ WORLD = CONFIG["world"]
 WORLD_WORK = WORLD["work_dir"]
 
 try:
-    Recipe.from_dict(WORLD["recipe"])
+    Recipe.from_dict(WORLD["diffusion"])
 except (TypeError, ValueError) as error:
     fail(error)
 
@@ -20,7 +20,7 @@ rule world_vae:
         f"{LOGS}/world/vae.log",
     threads: WORLD["threads"]
     params:
-        recipe=WORLD["recipe"],
+        recipe=WORLD["diffusion"],
         checkpoint=f"{WORLD_WORK}/checkpoints/vae.pt",
     script:
         "../scripts/world_vae.py"
@@ -35,7 +35,7 @@ rule world_latents:
         f"{LOGS}/world/latents.log",
     threads: WORLD["threads"]
     params:
-        recipe=WORLD["recipe"],
+        recipe=WORLD["diffusion"],
     script:
         "../scripts/world_latents.py"
 
@@ -50,7 +50,7 @@ rule world_diffusion:
         f"{LOGS}/world/diffusion.log",
     threads: WORLD["threads"]
     params:
-        recipe=WORLD["recipe"],
+        recipe=WORLD["diffusion"],
         checkpoint=f"{WORLD_WORK}/checkpoints/diffusion.pt",
     script:
         "../scripts/world_diffusion.py"

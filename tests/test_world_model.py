@@ -71,24 +71,47 @@ def run_stages(recipe, root):
     return pipe, record
 
 
-def test_training_is_deterministic_and_resumes_where_it_stopped(tmp_path):
+class Interrupted(Exception):
+    pass
+
+
+def test_training_is_deterministic_and_resumes_where_it_stopped(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     recipe = train.Recipe.from_dict(TINY)
     first, record = run_stages(recipe, tmp_path / "a")
     again, _ = run_stages(recipe, tmp_path / "b")
     assert_same_weights(first, again)
-    # A run that finds the step-2 checkpoints of the same recipe continues from them.
-    shutil.copytree(tmp_path / "a" / "ck", tmp_path / "c" / "ck")
-    for name in ("vae.pt", "diffusion.pt"):
-        assert torch.load(tmp_path / "c" / "ck" / name, weights_only=False)["step"] == 2
-    resumed, _ = run_stages(recipe, tmp_path / "c")
+    assert not list((tmp_path / "a" / "ck").iterdir())  # checkpoints go once a stage is done
+
+    # Each stage is stopped once at its third step, after its step-2 checkpoint; the rerun
+    # continues from the checkpoint and ends where the uninterrupted run did.
+    step = train.Progress.step
+    stopped = set()
+
+    def stop_once(self, index, loss, lr):
+        if index == 2 and self.name not in stopped:
+            stopped.add(self.name)
+            raise Interrupted(self.name)
+        step(self, index, loss, lr)
+
+    monkeypatch.setattr(train.Progress, "step", stop_once)
+    root = tmp_path / "c"
+    while True:
+        try:
+            resumed, _ = run_stages(recipe, root)
+            break
+        except Interrupted as stage:
+            saved = torch.load(root / "ck" / f"{stage}.pt", weights_only=False)
+            assert saved["step"] == 2
+    assert stopped == {"vae", "diffusion"}
     assert_same_weights(first, resumed)
-    # Another recipe does not resume from them, and its weights differ.
+
+    # Another recipe's checkpoint is not resumed.
+    checkpoint = train.Checkpoint(tmp_path / "x.pt", recipe.to_dict())
+    checkpoint.save({"step": 2})
+    assert checkpoint.load()["step"] == 2
     other = train.Recipe.from_dict({**TINY, "seed": 1})
-    shutil.copytree(tmp_path / "a" / "ck", tmp_path / "d" / "ck")
-    changed, _ = run_stages(other, tmp_path / "d")
-    with pytest.raises(AssertionError):
-        assert_same_weights(first, changed)
+    assert train.Checkpoint(tmp_path / "x.pt", other.to_dict()).load() is None
     assert 0.0 <= record["quality"]["sample_count_match"] <= 1.0
     assert record["recipe"]["diffusion"]["steps"] == 4
 
@@ -97,7 +120,7 @@ def test_short_retrain_through_the_rules_gives_a_pipeline_generation_loads(tmp_p
     from ldmprobe import jobs
 
     weights = tmp_path / "world-weights"
-    world = {"recipe": TINY, "weights_dir": str(weights), "work_dir": str(tmp_path / "work")}
+    world = {"diffusion": TINY, "weights_dir": str(weights), "work_dir": str(tmp_path / "work")}
     config = tiny_config(tmp_path, world={**world, "threads": 1})
     run_snakemake(tmp_path, config, "world_weights")
     folder = weights / "diffusion"

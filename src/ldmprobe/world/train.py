@@ -176,6 +176,10 @@ class Checkpoint:
         log.info("resuming from %s at step %d", self.path, state["step"])
         return state
 
+    def remove(self) -> None:
+        """Once the stage's output is written: a later run starts from scratch."""
+        self.path.unlink(missing_ok=True)
+
     def save(self, state: dict) -> None:
         import torch
 
@@ -309,6 +313,7 @@ def train_vae(recipe: Recipe, out_dir: str | Path, checkpoint_path: str | Path) 
     with atomic_directory(out_dir) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "training.json", {"recipe": recipe.vae_part(), **times, **quality})
+    checkpoint.remove()
     return quality
 
 
@@ -577,6 +582,7 @@ def train_diffusion(
         }
         write_json(tmp / "RECIPE.json", record)
         save_grid(tmp / "samples.png", samples[:16])
+    checkpoint.remove()
     log.info("quality: %s", json.dumps(quality))
     return record
 
