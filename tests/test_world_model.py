@@ -4,7 +4,6 @@ rules (a short retrain), the pipeline folder loaded as SD is, and route (b)'s in
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest

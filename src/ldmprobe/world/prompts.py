@@ -27,7 +27,14 @@ def prompt_rows(data_seed: int, count: int) -> list[dict]:
     for i in range(count):
         scene = scenes.sample_scene(scenes.scene_rng(data_seed, i))
         split = next(name for bound, name in bounds if i < bound)
-        rows.append({"prompt_id": f"scene{i:04d}", "prompt": scenes.caption(scene), "seed": i, "split": split})
+        rows.append(
+            {
+                "prompt_id": f"scene{i:04d}",
+                "prompt": scenes.caption(scene),
+                "seed": i,
+                "split": split,
+            }
+        )
     return rows
 
 

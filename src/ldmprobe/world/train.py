@@ -60,7 +60,7 @@ class DiffusionRecipe:
     heads: int = 2  # diffusers' `attention_head_dim` is the number of heads here
     cross_attention_dim: int = 32
     text_layers: int = 2
-    steps: int = 800
+    steps: int = 400
     batch: int = 64
     lr: float = 1e-3
     caption_dropout: float = 0.1
@@ -322,8 +322,7 @@ def reconstruction_psnr(vae, images: np.ndarray) -> float:
 
     with torch.no_grad():
         out = [
-            vae.decode(vae.encode(x).latent_dist.mean).sample
-            for x in to_tensor(images).split(64)
+            vae.decode(vae.encode(x).latent_dist.mean).sample for x in to_tensor(images).split(64)
         ]
     recon = torch.cat(out).clamp(-1, 1).add(1).mul(127.5).round().byte()
     return psnr(recon.permute(0, 2, 3, 1).numpy(), images)
@@ -347,14 +346,13 @@ def encode_latents(recipe: Recipe, vae_dir: str | Path, out_path: str | Path) ->
             dist = vae.encode(x).latent_dist
             means.append(dist.mean * scale)
             stds.append(dist.std * scale)
-    with atomic_file(out_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                mean=torch.cat(means).numpy(),
-                std=torch.cat(stds).numpy(),
-                captions=np.array(data["train_captions"]),
-            )
+    with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            mean=torch.cat(means).numpy(),
+            std=torch.cat(stds).numpy(),
+            captions=np.array(data["train_captions"]),
+        )
     log.info("cached %d latents of shape %s", len(data["train"]), tuple(means[0].shape[1:]))
 
 
@@ -594,7 +592,9 @@ def save_grid(path: Path, images: np.ndarray, columns: int = 8) -> None:
     rows = -(-n // columns)
     grid = np.zeros((rows * h, columns * w, 3), np.uint8)
     for i, image in enumerate(images):
-        grid[(i // columns) * h : (i // columns + 1) * h, (i % columns) * w : (i % columns + 1) * w] = image
+        grid[
+            (i // columns) * h : (i // columns + 1) * h, (i % columns) * w : (i % columns + 1) * w
+        ] = image
     Image.fromarray(grid).save(path)
 
 
