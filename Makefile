@@ -19,10 +19,12 @@ demo: install
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml
 	$(SNAKEMAKE) --configfile config/demo.yaml --report results/report.html
 
-# Retrains the known-answer world's latent diffusion model from scratch (rules/world.smk) into
-# world/weights/diffusion, with its RECIPE.json (recipe, data seed, versions, time, quality).
+# Retrains every model of the known-answer world from scratch into world/weights: the latent
+# diffusion model (rules/world.smk), the labelers, classifier and exact labels' world definition
+# (rules/world_labelers.smk); each folder with its RECIPE.json.
 world-weights: install
-	$(SNAKEMAKE) --cores 2 --configfile config/world.yaml --forcerun world_vae -- world_weights
+	$(SNAKEMAKE) --cores 2 --configfile config/world.yaml \
+		--forcerun world_vae world_labeler world_classifier world_spec -- world_weights
 
 test: install
 	$(PY) -m pytest -q -n 2 tests

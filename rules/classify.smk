@@ -88,6 +88,7 @@ for rule_name, batch in image_rules("classify", CLASSIFY_KEYS):
             batch_size=CLASSIFICATION["batch_size"],
             top_k=CLASSIFICATION["top_k"],
             kinds=CLASSIFICATION["preview_kinds"],
+            classes=CLASSIFICATION["classes"],
         script:
             "../scripts/classify.py"
 

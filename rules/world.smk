@@ -1,7 +1,7 @@
 # The known-answer world's latent diffusion model (issue 15), trained from scratch on rendered
 # scenes: VAE, cached latents, then U-Net and text encoder, saved as a StableDiffusionPipeline
-# folder that generation loads as it loads SD. Not part of `all`: retrain with
-# `make world-weights`. Checkpoints under work_dir let an interrupted run resume.
+# folder that generation loads as it loads SD. Not part of `all`: `make world-weights`
+# retrains it with the world's labelers. Checkpoints under work_dir let an interrupted run resume.
 from ldmprobe.world.train import Recipe
 
 WORLD = CONFIG["world"]
@@ -45,7 +45,7 @@ rule world_diffusion:
         vae=rules.world_vae.output[0],
         latents=rules.world_latents.output[0],
     output:
-        directory(f"{WORLD['weights_dir']}/diffusion"),
+        directory(f"{WORLD_WEIGHTS}/diffusion"),
     log:
         f"{LOGS}/world/diffusion.log",
     threads: WORLD["threads"]
@@ -56,6 +56,10 @@ rule world_diffusion:
         "../scripts/world_diffusion.py"
 
 
+# Every model of the world: the diffusion model and rules/world_labelers.smk's.
 rule world_weights:
     input:
         rules.world_diffusion.output,
+        rules.world_labeler.output,
+        rules.world_classifier.output,
+        rules.world_spec.output,

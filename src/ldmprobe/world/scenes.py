@@ -204,12 +204,16 @@ def _intersect(obj: SceneObject, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarr
 
 
 def render(scene: Scene, size: int) -> Render:
+    return render_lights(scene, size, (scene.light,))[scene.light]
+
+
+def render_lights(scene: Scene, size: int, lights: tuple[str, ...]) -> dict[str, Render]:
+    """The scene under each of ``lights`` (``scene.light`` is ignored): the camera rays and
+    surfaces are found once, the shading and shadows once per light."""
     origin, dirs = camera_rays(size, scene.camera_jitter)
     d = dirs.reshape(-1, 3)
     n = len(d)
     o = np.broadcast_to(origin, (n, 3))
-    light = np.array(LIGHTS[scene.light])
-    light = light / np.linalg.norm(light)
 
     t_ground = np.where(d[:, 1] < -1e-9, -origin[1] / np.minimum(d[:, 1], -1e-9), np.inf)
     best_t = t_ground.copy()
@@ -222,36 +226,39 @@ def render(scene: Scene, size: int) -> Render:
 
     sky = ~np.isfinite(best_t)
     surface = ~sky
-    points = o[surface] + best_t[surface, None] * d[surface]
-    shadow_origin = points + normal[surface] * 1e-3
-    lit = np.ones(len(points), dtype=bool)
-    shadow_dir = np.broadcast_to(light, shadow_origin.shape)
-    for obj in scene.objects:
-        t, _ = _intersect(obj, shadow_origin, shadow_dir)
-        lit &= ~np.isfinite(t)
-    shading = np.ones(n)
-    lambert = np.clip(normal[surface] @ light, 0, None)
-    shading[surface] = AMBIENT + (1 - AMBIENT) * lambert * lit
-
     albedo = np.empty((n, 3))
     elevation = np.clip(d[:, 1], 0, 1)[:, None]
     albedo[sky] = ((1 - elevation) * SKY_HORIZON + elevation * SKY_ZENITH)[sky]
     albedo[(index == -1) & surface] = GROUND_ALBEDO
     colours = np.array([PALETTE[obj.colour] for obj in scene.objects], dtype=float).reshape(-1, 3)
-    colours /= 255
-    albedo[index >= 0] = colours[index[index >= 0]]
-
+    albedo[index >= 0] = colours[index[index >= 0]] / 255
     depth = np.minimum(np.where(sky, FAR, best_t), FAR)
-    image = np.round(np.clip(albedo * shading[:, None], 0, 1) * 255).astype(np.uint8)
     shape = (size, size)
-    return Render(
-        image=image.reshape(*shape, 3),
-        depth=depth.reshape(shape).astype(np.float32),
-        mask=(index >= 0).reshape(shape),
-        shading=shading.reshape(shape).astype(np.float32),
-        albedo=albedo.reshape(*shape, 3).astype(np.float32),
-        object_index=index.reshape(shape),
-    )
+    points = o[surface] + best_t[surface, None] * d[surface]
+    shadow_origin = points + normal[surface] * 1e-3
+
+    renders = {}
+    for name in lights:
+        light = np.array(LIGHTS[name])
+        light = light / np.linalg.norm(light)
+        lit = np.ones(len(points), dtype=bool)
+        shadow_dir = np.broadcast_to(light, shadow_origin.shape)
+        for obj in scene.objects:
+            t, _ = _intersect(obj, shadow_origin, shadow_dir)
+            lit &= ~np.isfinite(t)
+        shading = np.ones(n)
+        lambert = np.clip(normal[surface] @ light, 0, None)
+        shading[surface] = AMBIENT + (1 - AMBIENT) * lambert * lit
+        image = np.round(np.clip(albedo * shading[:, None], 0, 1) * 255).astype(np.uint8)
+        renders[name] = Render(
+            image=image.reshape(*shape, 3),
+            depth=depth.reshape(shape).astype(np.float32),
+            mask=(index >= 0).reshape(shape),
+            shading=shading.reshape(shape).astype(np.float32),
+            albedo=albedo.reshape(*shape, 3).astype(np.float32),
+            object_index=index.reshape(shape),
+        )
+    return renders
 
 
 def palette_mask(image: np.ndarray) -> np.ndarray:
@@ -274,3 +281,34 @@ def render_dataset(seed: int, count: int, size: int) -> tuple[list[Scene], dict[
     renders = [render(scene, size) for scene in scenes]
     fields = ("image", "depth", "mask", "shading", "albedo", "object_index")
     return scenes, {f: np.stack([getattr(r, f) for r in renders]) for f in fields}
+
+
+SPEC_FILE = "world.json"
+
+
+def world_spec() -> dict:
+    """The constants that define this world's images: what an exact labeler must agree on."""
+    return {
+        "palette": {name: list(rgb) for name, rgb in PALETTE.items()},
+        "shapes": list(SHAPES),
+        "lights": {name: list(v) for name, v in LIGHTS.items()},
+        "ambient": AMBIENT,
+        "ground_albedo": list(GROUND_ALBEDO),
+        "sky": [list(SKY_HORIZON), list(SKY_ZENITH)],
+        "far": FAR,
+        "saturation_threshold": SATURATION_THRESHOLD,
+        "camera": {
+            "height": CAMERA_HEIGHT,
+            "pitch_deg": CAMERA_PITCH_DEG,
+            "field_of_view_deg": FIELD_OF_VIEW_DEG,
+            "jitter_pitch_deg": JITTER_PITCH_DEG,
+            "jitter_height": JITTER_HEIGHT,
+        },
+        "objects": {
+            "max": MAX_OBJECTS,
+            "depth_range": list(DEPTH_RANGE),
+            "size_range": list(SIZE_RANGE),
+            "lateral_fraction": LATERAL_FRACTION,
+            "max_overlap": MAX_OVERLAP,
+        },
+    }
