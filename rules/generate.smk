@@ -34,8 +34,9 @@ for rule_name, batch in image_rules("generate", PROMPT_KEYS):
                 batch,
             ),
             model=CONFIG["models"]["diffusion"],
-            allow_download=ALLOW_DOWNLOAD,
-            generation=CONFIG["generation"],
+            allow_download=untracked(ALLOW_DOWNLOAD),
+            generation=without(CONFIG["generation"], "device"),
+            device=untracked(CONFIG["generation"]["device"]),
             controls=generation_controls(),
             prompt_encoding=CONFIG["prompts"]["encoding"],
         script:

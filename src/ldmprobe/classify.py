@@ -34,6 +34,7 @@ import pandas as pd
 from .io import atomic_file, write_csv
 from .metrics import summarise
 from .prompts import PromptTableError, load_prompts
+from .provenance import png_text
 
 log = logging.getLogger(__name__)
 
@@ -708,7 +709,7 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=png_text())
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ from .io import atomic_file, rerun_advice
 from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
 from .labelers.depth import DPTDepth
 from .models import ModelRef
+from .provenance import VERSION_KEY, package_version
 
 __all__ = [
     "LABELERS",
@@ -147,7 +148,12 @@ def label_image(
     excluded = bool(np.isnan(final_raw).all())
     if excluded:
         log.info("%s: no label from the labeler; the image is excluded", image_path)
-    record = {**provenance, "labeler_info": labeler.info, "excluded": excluded}
+    record = {
+        **provenance,
+        "labeler_info": labeler.info,
+        "excluded": excluded,
+        VERSION_KEY: package_version(),
+    }
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
