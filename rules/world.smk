@@ -18,6 +18,8 @@ rule world_vae:
         directory(f"{WORLD_WORK}/vae"),
     log:
         f"{LOGS}/world/vae.log",
+    conda:
+        "../envs/generate.yaml"
     threads: WORLD["threads"]
     params:
         recipe=WORLD["diffusion"],
@@ -33,6 +35,8 @@ rule world_latents:
         f"{WORLD_WORK}/latents.npz",
     log:
         f"{LOGS}/world/latents.log",
+    conda:
+        "../envs/generate.yaml"
     threads: WORLD["threads"]
     params:
         recipe=WORLD["diffusion"],
@@ -48,6 +52,8 @@ rule world_diffusion:
         directory(f"{WORLD_WEIGHTS}/diffusion"),
     log:
         f"{LOGS}/world/diffusion.log",
+    conda:
+        "../envs/generate.yaml"
     threads: WORLD["threads"]
     params:
         recipe=WORLD["diffusion"],
