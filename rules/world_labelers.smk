@@ -73,3 +73,33 @@ rule world_quality:
         recipe=WORLD_LABELER_RECIPE,
     script:
         "../scripts/world_quality.py"
+
+
+# Route (a)'s faithfulness on the generated images: the fitted scene's re-render against each
+# image (mask IoU, PSNR), and which images each task's `world` labeler keeps.
+rule world_fit_faithfulness:
+    input:
+        images=per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/image.png"),
+    output:
+        per_image=f"{RESULTS}/world/fit_faithfulness.csv",
+        summary=report(
+            f"{RESULTS}/world/fit_faithfulness_summary.csv",
+            caption="../report/world_fit.rst",
+            category="World",
+        ),
+    log:
+        f"{LOGS}/world/fit_faithfulness.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        images=[
+            {"prompt_id": p, "seed": s}
+            for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
+        ],
+        thresholds={
+            task: section.get("options", {})
+            for task, section in CONFIG["labels"]["tasks"].items()
+            if section["labeler"] == "world"
+        },
+    script:
+        "../scripts/world_fit.py"

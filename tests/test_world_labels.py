@@ -181,3 +181,23 @@ def test_fit_holds_on_blurred_renders(renders):
         for fit, scene in zip(fits, scenes, strict=True)
         if fit.ok
     )
+
+
+def test_fit_faithfulness_table_counts_what_each_task_keeps(tmp_path, renders):
+    from ldmprobe.world.quality import fit_faithfulness
+
+    _, arrays = renders
+    images = []
+    for index, pixels in enumerate([*arrays["image"][:3], np.full((SIZE, SIZE, 3), 90, np.uint8)]):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(pixels).save(path)
+        images.append({"prompt_id": f"p{index}", "seed": index, "path": str(path)})
+    strict = {"min_iou": 1.01}  # no re-render matches the image this well
+    table, summary = fit_faithfulness(images, {"saliency": {}, "depth": strict})
+    assert table["kept_saliency"].tolist() == [True, True, True, False]
+    assert not table["kept_depth"].any()
+    assert table["failure"].iloc[3].startswith("no object") and np.isnan(table["psnr"].iloc[3])
+    counts = summary.set_index("metric")["mean"]
+    assert counts["excluded_saliency"] == 1 and counts["excluded_depth"] == 4
+    assert counts["kept_saliency"] == 0.75
+    assert summary.set_index("metric").loc["mask_iou", "n"] == 3

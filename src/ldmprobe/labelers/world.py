@@ -116,9 +116,12 @@ class WorldExactLabeler(_TargetedLabeler):
         return "The world's definition is written by the workflow: `snakemake world/weights/exact`."
 
     def load(self, path: Path, ref: ModelRef) -> None:
+        from ..provenance import VERSION_KEY
         from ..world.scenes import SPEC_FILE, world_spec
 
-        if json.loads((path / SPEC_FILE).read_text()) != world_spec():
+        spec = json.loads((path / SPEC_FILE).read_text())
+        spec.pop(VERSION_KEY, None)  # which package version wrote it does not matter
+        if spec != world_spec():
             raise ValueError(
                 f"{ref.key}: {path / SPEC_FILE} describes another world than this renderer's "
                 f"(ldmprobe.world.scenes); rebuild it with `snakemake --forcerun world_spec`"

@@ -37,13 +37,11 @@ from .scenes import (
     Render,
     Scene,
     SceneObject,
-    _intersect,
     camera_rays,
+    intersect,
     palette_mask,
     render_lights,
 )
-
-LIGHTS_FIRST = next(iter(LIGHTS))
 
 MIN_IOU = 0.7
 MIN_PSNR = 20.0
@@ -149,7 +147,7 @@ def fit_object(
         x, z = ground[0], ground[1] + radius
         for _ in range(FIT_ITERATIONS):
             candidate = SceneObject(shape, colour, x, z, radius)
-            seen = np.isfinite(_intersect(candidate, o, flat)[0]).reshape(blob.shape)
+            seen = np.isfinite(intersect(candidate, o, flat)[0]).reshape(blob.shape)
             if not seen.any():
                 break
             c_bottom, c_centre, c_width = _extent(seen)
@@ -160,7 +158,7 @@ def fit_object(
             z = max(z + ground[1] - c_ground[1], radius + 0.1)
             radius = float(np.clip(radius * width / c_width, 0.02, 3.0))
         candidate = SceneObject(shape, colour, float(x), float(z), float(radius))
-        seen = np.isfinite(_intersect(candidate, o, flat)[0]).reshape(blob.shape) & ~others
+        seen = np.isfinite(intersect(candidate, o, flat)[0]).reshape(blob.shape) & ~others
         union = (seen | blob).sum()
         iou = float((seen & blob).sum() / union) if union else 0.0
         if iou > best_iou:
@@ -202,7 +200,9 @@ def fit_scene(
         others = mask & ~blob
         obj, _ = fit_object(blob, others, names[index], rays, jitter)
         objects.append(obj)
-    renders = render_lights(Scene(tuple(objects), LIGHTS_FIRST, jitter), size, tuple(LIGHTS))
+    # Every light is tried on the fitted objects; the scene's own light is the nearest re-render.
+    unlit = Scene(tuple(objects), next(iter(LIGHTS)), jitter)
+    renders = render_lights(unlit, size, tuple(LIGHTS))
     light = max(renders, key=lambda name: psnr(renders[name].image, image))
     best = renders[light]
     union = (best.mask | mask).sum()

@@ -2,8 +2,9 @@
 
 Each model is loaded through the code the workflow uses (the labeler plugin, the classification
 experiment's ``load_classifier``) and scored per image; the mean of each metric comes with a
-bootstrap interval over images (``ldmprobe.metrics.summarise``). Depth and shading are also
-scored over object pixels only, where the ground plane's row prior cannot help.
+bootstrap interval over images (``ldmprobe.metrics.summarise``). Depth and shading are scored
+with the probes' metrics (``metrics.image_metrics``), also over object pixels only
+(``*_objects``), where the ground plane's row prior cannot help.
 """
 
 from __future__ import annotations
@@ -31,13 +32,8 @@ def dense_scores(task: str, predicted: np.ndarray, truth: np.ndarray, mask: np.n
                 "dice": metrics.dice(hit, want),
                 "iou": float(np.logical_and(hit, want).sum() / union) if union else 1.0,
             }
-        else:
-            values = {
-                "spearman": metrics.spearman(pred, true),
-                "pearson": metrics.pearson(pred, true),
-                "spearman_objects": metrics.spearman(pred[objects], true[objects]),
-                "pearson_objects": metrics.pearson(pred[objects], true[objects]),
-            }
+        else:  # the probes' metrics, over object pixels too (metrics.VARIANTS)
+            values = metrics.image_metrics("continuous", pred, true, objects)
         for name, value in values.items():
             scores.setdefault(name, []).append(value)
     return {name: np.asarray(values, dtype=np.float64) for name, values in scores.items()}
@@ -134,3 +130,55 @@ def write_quality_table(folders: list[str], fit_recipe, out_path: str) -> None:
         records[name] = record["quality"]
     records["exact-fit"] = fit_quality(fit_recipe)
     write_csv(out_path, quality_table(records))
+
+
+def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
+    """Route (a) on generated images: per image (``prompt_id``, ``seed``, ``path``) the fitted
+    objects, the re-render's mask IoU and PSNR against the image, why the fit fails if it does,
+    and per task of ``thresholds`` ({task: the ``world`` labeler's options}) whether it keeps
+    the image; and a summary (mean IoU and PSNR with bootstrap intervals, counts kept and
+    excluded per task)."""
+    import pandas as pd
+    from PIL import Image
+
+    from .fit import MIN_IOU, MIN_PSNR, fit_scene
+
+    rows = []
+    for image in images:
+        pixels = np.asarray(Image.open(image["path"]).convert("RGB"))
+        fit = fit_scene(pixels, min_iou=0.0, min_psnr=-np.inf)  # the thresholds: per task
+        row = {
+            "prompt_id": image["prompt_id"],
+            "seed": image["seed"],
+            "objects": len(fit.scene.objects) if fit.scene else 0,
+            "mask_iou": fit.iou if fit.scene else np.nan,
+            "psnr": fit.psnr if fit.scene else np.nan,
+            "failure": fit.failure or "",
+        }
+        for task, options in thresholds.items():
+            row[f"kept_{task}"] = bool(
+                fit.ok
+                and fit.iou >= options.get("min_iou", MIN_IOU)
+                and fit.psnr >= options.get("min_psnr", MIN_PSNR)
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    summary = [
+        {"metric": metric, **metrics.summarise(table[metric].to_numpy(float), **BOOTSTRAP)}
+        for metric in ("mask_iou", "psnr")
+    ]
+    for task in thresholds:
+        kept = int(table[f"kept_{task}"].sum())
+        summary.append({"metric": f"kept_{task}", "mean": kept / len(table), "n": len(table)})
+        summary.append({"metric": f"excluded_{task}", "mean": len(table) - kept, "n": len(table)})
+    return table, pd.DataFrame(summary, columns=["metric", "mean", "ci_low", "ci_high", "n"])
+
+
+def write_fit_faithfulness(
+    images: list[dict], thresholds: dict[str, dict], per_image_path: str, summary_path: str
+) -> None:
+    from ..io import write_csv
+
+    table, summary = fit_faithfulness(images, thresholds)
+    write_csv(per_image_path, table)
+    write_csv(summary_path, summary)

@@ -150,7 +150,7 @@ def camera_rays(size: int, camera_jitter: tuple[float, float]) -> tuple[np.ndarr
     return origin, d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
-def _intersect(obj: SceneObject, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def intersect(obj: SceneObject, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest hit distance [N] (inf on a miss) and unit normal [N, 3] of rays o + t d."""
     s = obj.size
     n = len(d)
@@ -220,7 +220,7 @@ def render_lights(scene: Scene, size: int, lights: tuple[str, ...]) -> dict[str,
     index = np.full(n, -1, dtype=np.int8)
     normal = np.tile([0.0, 1.0, 0.0], (n, 1))
     for i, obj in enumerate(scene.objects):
-        t, nrm = _intersect(obj, o, d)
+        t, nrm = intersect(obj, o, d)
         closer = t < best_t
         best_t[closer], index[closer], normal[closer] = t[closer], i, nrm[closer]
 
@@ -244,7 +244,7 @@ def render_lights(scene: Scene, size: int, lights: tuple[str, ...]) -> dict[str,
         lit = np.ones(len(points), dtype=bool)
         shadow_dir = np.broadcast_to(light, shadow_origin.shape)
         for obj in scene.objects:
-            t, _ = _intersect(obj, shadow_origin, shadow_dir)
+            t, _ = intersect(obj, shadow_origin, shadow_dir)
             lit &= ~np.isfinite(t)
         shading = np.ones(n)
         lambert = np.clip(normal[surface] @ light, 0, None)
