@@ -21,6 +21,7 @@ include: "rules/probes.smk"
 include: "rules/figures.smk"
 include: "rules/classify.smk"
 include: "rules/world_labelers.smk"
+include: "rules/world.smk"
 include: "rules/images.smk"
 
 

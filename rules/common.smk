@@ -32,6 +32,7 @@ except (ConfigError, PromptTableError) as error:
 RESULTS = CONFIG["results"]
 LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
+WORLD_WEIGHTS = CONFIG["world"]["weights_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
 # The denoiser's source name ("unet" for Stable Diffusion): its probes, figures and examples.
@@ -51,7 +52,11 @@ wildcard_constraints:
 
 
 def built_by_workflow(model):
-    return DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR)
+    """Demo models are the workflow's own; the world's trained weights are committed, used as
+    they are, and trained by the workflow (rules/world.smk) only when absent."""
+    if DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR):
+        return True
+    return is_inside(model["id"], WORLD_WEIGHTS) and not os.path.isdir(model["id"])
 
 
 def model_refs():
@@ -80,6 +85,8 @@ try:
     )
 except MissingModelError as error:
     _missing.append(str(error))
+
+
 def dry_run():
     """Whether this is `snakemake -n` (also `-np`, `--dry-run`): Snakemake parses the Snakefile
     before it sets its executor, so the command line is what says so at parse time."""

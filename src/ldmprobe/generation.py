@@ -44,6 +44,9 @@ class GenerationSettings:
     permuted_layers: tuple[str, ...] | None = None
     permutation_seed: int = 0
     vae_latent: str | None = None
+    # Where x_T comes from: None for Gaussian noise from the seed; the known-answer world's
+    # route (b) gives {"kind": "world-inversion", "data_seed": n} (``world/inversion.py``).
+    start: dict | None = None
 
 
 def initial_noise(seed: int, latent_shape: tuple[int, int, int]):
@@ -54,6 +57,15 @@ def initial_noise(seed: int, latent_shape: tuple[int, int, int]):
     """
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn((1, *latent_shape), generator=generator)
+
+
+def start_latents(pipe, prompt: str, seed: int, settings: GenerationSettings, latent_shape):
+    """x_T: Gaussian noise from the seed, or the start that ``settings.start`` names."""
+    if settings.start is None:
+        return initial_noise(seed, latent_shape)
+    from .world.inversion import inverted_start
+
+    return inverted_start(pipe, prompt, seed, settings.start, settings.height, settings.steps)
 
 
 def alpha_bar(scheduler, timestep) -> float:
@@ -213,7 +225,9 @@ def generate(
     """
     backbone = backbone_of(pipe)
     denoiser = backbone.denoiser(pipe)
-    latent_shape = backbone.latent_shape(denoiser, settings.height, settings.width)
+    latent_shape = backbone.latent_shape(
+        denoiser, settings.height, settings.width, pipe.vae_scale_factor
+    )
     _channels, latent_h, latent_w = latent_shape
     layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
@@ -261,7 +275,7 @@ def generate(
     arrays["latents/x0"] = ((n_calls, *latent_shape), "float32")
 
     prompt_info = backbone.prompt_length(pipe, prompt)
-    noise = initial_noise(seed, latent_shape)
+    noise = start_latents(pipe, prompt, seed, settings, latent_shape)
     log.info("generating seed %d, %d U-Net calls, %d layers", seed, n_calls, len(layers))
 
     with atomic_directory(store_path) as tmp_store:

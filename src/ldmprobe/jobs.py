@@ -68,13 +68,19 @@ def layer_table(model: dict, allow_download: bool, generation: dict, out_path: s
     from .backbones import get_backbone
     from .generation import count_unet_calls
     from .layers import discover_layers
-    from .models import ModelRef, load_denoiser_on_meta, load_scheduler_config, make_scheduler
+    from .models import (
+        ModelRef,
+        load_denoiser_on_meta,
+        load_scheduler_config,
+        make_scheduler,
+        vae_scale_factor,
+    )
 
     ref = ModelRef.from_config("models.diffusion", model)
     backbone = get_backbone(model["backbone"])
     denoiser = load_denoiser_on_meta(ref, allow_download, backbone.name)
     _channels, latent_h, latent_w = backbone.latent_shape(
-        denoiser, generation["height"], generation["width"]
+        denoiser, generation["height"], generation["width"], vae_scale_factor(ref, allow_download)
     )
     layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
@@ -135,6 +141,7 @@ def generate(
         halves=halves,
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
+        start=None if generation["start"]["kind"] == "noise" else generation["start"],
         **control_settings(controls or {}),
     )
     permuted = None

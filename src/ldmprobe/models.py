@@ -269,3 +269,12 @@ def load_scheduler_config(ref: ModelRef, allow_download: bool = False):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.load_config(resolve_model(ref, allow_download), subfolder="scheduler")
+
+
+def vae_scale_factor(ref: ModelRef, allow_download: bool = False) -> int:
+    """Pixels per latent cell, as StableDiffusionPipeline computes it from the VAE's config
+    (8 for SD; 4 for the known-answer world's VAE)."""
+    import json
+
+    config = json.loads((resolve_model(ref, allow_download) / "vae" / "config.json").read_text())
+    return 2 ** (len(config["block_out_channels"]) - 1)

@@ -11,7 +11,8 @@ An adapter provides (``Backbone`` documents each member):
   ``load_denoiser_on_meta(path)`` (structure only, for layer discovery);
 * the denoiser: ``denoiser(pipe)``, and ``kind`` (``"unet"``, ``"transformer"``), the word
   used for its source in paths and tables (``ldmprobe.sources``), ``kind_label`` in figures;
-* latents: ``latent_shape(denoiser, height, width)`` (channels and downsampling factor);
+* latents: ``latent_shape(denoiser, height, width, factor)`` (channels and grid; ``factor``,
+  the model's VAE downsampling, defaults to the family's ``latent_factor``);
 * the probed layers: ``probed_modules(denoiser)`` ({module path: (short name, block)}), short,
   sortable, path-safe names; ``point(name, module_path)``, the ``trace.Point`` that reads the
   image-token self-attention output of that module (a joint-attention family reads its image
@@ -133,7 +134,9 @@ class Backbone:
         return json.loads(path.read_text()) if path.is_file() else None
 
     # Latents and layers -------------------------------------------------------------------
-    def latent_shape(self, denoiser, height: int, width: int) -> tuple[int, int, int]:
+    def latent_shape(
+        self, denoiser, height: int, width: int, factor: int | None = None
+    ) -> tuple[int, int, int]:
         raise NotImplementedError
 
     def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:

@@ -71,9 +71,11 @@ class Flux(FlowMatching, WholeCallReplay, Backbone):
     def load_denoiser_on_meta(self, path: Path):
         return load_on_meta("FluxTransformer2DModel", path, self.denoiser_attribute)
 
-    def latent_shape(self, denoiser, height: int, width: int) -> tuple[int, int, int]:
+    def latent_shape(
+        self, denoiser, height: int, width: int, factor: int | None = None
+    ) -> tuple[int, int, int]:
         # The transformer's input channels are the latent's times the 2x2 patch.
-        factor = self.latent_factor
+        factor = factor or self.latent_factor
         return denoiser.config.in_channels // 4, height // factor, width // factor
 
     def pack_latents(self, noise):

@@ -53,8 +53,10 @@ class PixArt(WholeCallReplay, Backbone):
     def load_denoiser_on_meta(self, path: Path):
         return load_on_meta("PixArtTransformer2DModel", path, self.denoiser_attribute)
 
-    def latent_shape(self, denoiser, height: int, width: int) -> tuple[int, int, int]:
-        factor = self.latent_factor
+    def latent_shape(
+        self, denoiser, height: int, width: int, factor: int | None = None
+    ) -> tuple[int, int, int]:
+        factor = factor or self.latent_factor
         return denoiser.config.in_channels, height // factor, width // factor
 
     def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:

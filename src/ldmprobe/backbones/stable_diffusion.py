@@ -118,11 +118,13 @@ class StableDiffusion(Backbone):
         with torch.device("meta"):
             return UNet2DConditionModel.from_config(config)
 
-    def latent_shape(self, denoiser, height: int, width: int) -> tuple[int, int, int]:
+    def latent_shape(
+        self, denoiser, height: int, width: int, factor: int | None = None
+    ) -> tuple[int, int, int]:
         return (
             denoiser.config.in_channels,
-            height // self.latent_factor,
-            width // self.latent_factor,
+            height // (factor or self.latent_factor),
+            width // (factor or self.latent_factor),
         )
 
     def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
