@@ -285,7 +285,7 @@ def test_psnr_and_relative_edit():
 # --- summary ---------------------------------------------------------------------------------
 
 
-def test_summary_averages_trials_per_image_and_pairs_the_controls():
+def test_summary_averages_trials_per_image_and_pairs_the_controls_by_image():
     rows = []
     for image in range(4):
         for trial in range(2):
@@ -308,4 +308,4 @@ def test_summary_averages_trials_per_image_and_pairs_the_controls():
     random = table[table.condition == "random-probe"].iloc[0]
     assert random["mean"] == 1.0 and random["ci_low"] == random["ci_high"] == 1.0
     difference = table[table.minus == "random-probe"].iloc[0]
-    assert difference["mean"] == 1.5 and difference["n_edits"] == 8
+    assert difference["mean"] == 1.5 and difference["n_images"] == 4

@@ -7,6 +7,8 @@
   (only when the permuted-U-Net control ran): a probe that read a network without the
   representation.
 * ``identity``: the trained probe, untranslated target: the procedure's own damage.
+
+The workflow reads the table at parse time: torch only inside functions.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 import copy
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from .optimise import EditProbe
+if TYPE_CHECKING:
+    from .optimise import EditProbe
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ def random_probe(trained: EditProbe, seed: int, layer: str, step: int) -> EditPr
     """A probe of the trained one's shape with Gaussian parameters (weight and bias drawn as one
     vector) rescaled to the trained parameters' norm. Fixed by (seed, layer, step), like a
     trained probe, so every image and trial of a cell is edited through the same random probe."""
+    import torch
+
     generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{layer}:{step}".encode()))
     result = copy.deepcopy(trained)
     parameters = list(result.probe.parameters())

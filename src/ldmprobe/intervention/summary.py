@@ -3,7 +3,8 @@ effect beside each control's as paired differences.
 
 Trials of one image share its prompt, seed and label, so they are not independent draws: each
 image's trials are averaged first and the interval resamples images (``metrics.summarise``).
-A difference pairs the experiment and a control on the same image and trial (the same offset).
+A difference pairs the experiment and a control on the same image: the difference of their
+per-image means (a control may run fewer trials: the identity target has one offset only).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from .. import metrics
 from .conditions import EXPERIMENT
 
 IMAGE = ["prompt_id", "seed"]
-EDIT = [*IMAGE, "trial"]
 COLUMNS = ["task", "condition", "minus", "metric", "mean", "ci_low", "ci_high", "n_images"]
 COLUMNS += ["n_edits"]
 
 
-def _summarise_edits(values: pd.DataFrame, settings: dict) -> dict:
-    """values: one row per edit with IMAGE columns and ``value``."""
-    per_image = values.groupby(IMAGE, sort=True)["value"].mean()
+def _per_image(values: pd.DataFrame) -> pd.Series:
+    """values: one row per edit with IMAGE columns and ``value`` -> the mean of each image."""
+    return values.groupby(IMAGE, sort=True)["value"].mean()
+
+
+def _summary(per_image: pd.Series, n_edits: int, settings: dict) -> dict:
     summary = metrics.summarise(
         per_image.to_numpy(),
         settings.get("bootstrap_resamples", 1000),
@@ -33,42 +36,40 @@ def _summarise_edits(values: pd.DataFrame, settings: dict) -> dict:
         "ci_low": summary["ci_low"],
         "ci_high": summary["ci_high"],
         "n_images": summary["n"],
-        "n_edits": int(values["value"].notna().sum()),
+        "n_edits": n_edits,
     }
 
 
 def summarise_edits(edits: pd.DataFrame, settings: dict) -> pd.DataFrame:
     """``edits``: tidy per-edit scores (EDIT columns, task, condition, metric, value);
-    ``settings``: the config's ``metrics`` section (bootstrap resamples, level, seed)."""
+    ``settings``: the config's ``metrics`` section (bootstrap resamples, level, seed).
+    Rows with ``minus`` empty: a condition's mean; else the experiment minus that control."""
     rows = []
-    for (task, condition, metric), group in edits.groupby(
-        ["task", "condition", "metric"], sort=True
-    ):
-        rows.append(
-            {
-                "task": task,
-                "condition": condition,
-                "minus": "",
-                "metric": metric,
-                **_summarise_edits(group, settings),
-            }
-        )
-    indexed = edits.set_index(["task", "metric", "condition", *EDIT])["value"].sort_index()
     for (task, metric), group in edits.groupby(["task", "metric"], sort=True):
-        conditions = set(group["condition"])
-        if EXPERIMENT not in conditions:
+        means, counts = {}, {}
+        for condition, values in group.groupby("condition", sort=True):
+            means[condition] = _per_image(values)
+            counts[condition] = int(values["value"].notna().sum())
+            rows.append(
+                {
+                    "task": task,
+                    "condition": condition,
+                    "minus": "",
+                    "metric": metric,
+                    **_summary(means[condition], counts[condition], settings),
+                }
+            )
+        if EXPERIMENT not in means:
             continue
-        experiment = indexed.loc[(task, metric, EXPERIMENT)]
-        for control in sorted(conditions - {EXPERIMENT}):
-            paired = (experiment - indexed.loc[(task, metric, control)]).dropna()
-            difference = paired.rename("value").reset_index()
+        for control in sorted(set(means) - {EXPERIMENT}):
+            difference = (means[EXPERIMENT] - means[control]).dropna()
             rows.append(
                 {
                     "task": task,
                     "condition": EXPERIMENT,
                     "minus": control,
                     "metric": metric,
-                    **_summarise_edits(difference, settings),
+                    **_summary(difference, counts[EXPERIMENT] + counts[control], settings),
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
