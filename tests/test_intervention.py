@@ -309,3 +309,102 @@ def test_summary_averages_trials_per_image_and_pairs_the_controls_by_image():
     assert random["mean"] == 1.0 and random["ci_low"] == random["ci_high"] == 1.0
     difference = table[table.minus == "random-probe"].iloc[0]
     assert difference["mean"] == 1.5 and difference["n_images"] == 4
+
+
+# --- the edit during generation (tiny random SD model) ---------------------------------------
+
+GENERATION = {"height": 64, "width": 64, "steps": 6, "guidance_scale": 7.5}
+
+
+def record_attention(pipe, layers, run):
+    """Every layer's self-attention output (both CFG halves) at every step while ``run()``
+    generates. Read at the attn1 module, whose output is the edited projection's, so edits
+    made on the projection are seen."""
+    from ldmprobe.backbones import backbone_of
+    from ldmprobe.trace import Point, Trace
+
+    backbone = backbone_of(pipe)
+    records = {}
+
+    def keep(layer, half, step, tokens):
+        records[(layer, half, step)] = tokens.clone()
+
+    points = [Point(layer.name, layer.module_path) for layer in layers]
+    with Trace(
+        backbone.denoiser(pipe),
+        points,
+        halves=("uncond", "cond"),
+        layout=backbone.cfg_layout,
+        record=keep,
+    ):
+        result = run()
+    return records, result
+
+
+def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(demo_pipe):
+    from ldmprobe.intervention.edit import ProbeEdit, generate_edited
+    from ldmprobe.layers import discover_layers
+
+    pipe = demo_pipe
+    layers = discover_layers(pipe.unet, 8, 8)
+    by_name = {layer.name: layer for layer in layers}
+    edited_layers, edited_steps = ["up2.0", "up3.1"], [2, 3]
+    torch.manual_seed(0)
+    probes = {
+        (name, step): EditProbe(
+            LinearProbe(by_name[name].channels, "binary"),
+            ProbeSettings(),
+            by_name[name].height,
+            by_name[name].width,
+        )
+        for name in edited_layers
+        for step in edited_steps
+    }
+    target = np.zeros((64, 64), np.float32)
+    target[8:40, 20:60] = 1
+    edit = ProbeEdit(probes, lambda probe: target, EditSettings(iterations=4))
+
+    def generate(with_edit):
+        return lambda: generate_edited(pipe, "a red cube", 7, GENERATION, layers, with_edit)
+
+    plain, plain_image = record_attention(pipe, layers, generate(None))
+    edited, edited_image = record_attention(pipe, layers, generate(edit))
+
+    assert [(site["layer"], site["step"]) for site in edit.sites] == [
+        (layer, step) for step in edited_steps for layer in edited_layers
+    ]
+    assert edited_image.calls == plain_image.calls == GENERATION["steps"]
+    first_step, first_layer = edited_steps[0], by_name[edited_layers[0]].order
+    for (name, half, step), before in plain.items():
+        after = edited[(name, half, step)]
+        order = by_name[name].order
+        unchanged = (
+            step < first_step
+            or (step == first_step and half == "uncond")
+            or (step == first_step and order < first_layer)
+        )
+        if unchanged:
+            assert torch.equal(before, after), (name, half, step)
+        if half == "cond" and (name, step) in probes:
+            assert not torch.equal(before, after), (name, half, step)
+    np.testing.assert_array_equal(edited_image.x0[:first_step], plain_image.x0[:first_step])
+    assert not np.array_equal(np.asarray(edited_image.image), np.asarray(plain_image.image))
+
+
+def test_probe_edit_leaves_the_unconditional_half_and_other_sites_alone():
+    from ldmprobe.intervention.edit import ProbeEdit
+
+    probe = EditProbe(LinearProbe(4, "continuous"), ProbeSettings(), 2, 2)
+    edit = ProbeEdit({("up1.0", 3): probe}, lambda p: np.ones((4, 4), np.float32))
+    tokens = torch.randn(4, 4, dtype=torch.float16)
+    assert edit("up1.0", "uncond", 3, tokens) is None
+    assert edit("up1.0", "cond", 2, tokens) is None
+    assert edit("up1.1", "cond", 3, tokens) is None
+    assert edit.sites == []
+    result = edit("up1.0", "cond", 3, tokens)
+    assert result.dtype == torch.float16 and result.shape == tokens.shape
+    (site,) = edit.sites
+    assert site["final_loss"] < site["initial_loss"]
+    assert site["delta_squares"] == pytest.approx(
+        float((result.float() - tokens.float()).square().sum())
+    )

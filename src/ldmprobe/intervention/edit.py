@@ -119,7 +119,7 @@ def generate_edited(
         clean = predict_x0(sample[:1], prediction, abar, scheduler.config.prediction_type)
         x0.append(clean[0].cpu().numpy())
 
-    channels, _h, _w = backbone.latent_shape(pipe, generation["height"], generation["width"])
+    channels, _h, _w = backbone.latent_shape(denoiser, generation["height"], generation["width"])
     noise = initial_noise(seed, generation["height"], generation["width"], channels)
     with (
         Trace(

@@ -240,3 +240,54 @@ def summarise(scores: list[str], metrics_config: dict, edits_path: str, summary_
         edits[["prompt_id", "seed", "trial", "condition"]].drop_duplicates().shape[0],
         len(summary),
     )
+
+
+def figures(edits_path: str, task: str, success: dict, distributions_path: str, success_path: str):
+    import pandas as pd
+
+    from . import figures as plots
+
+    edits = pd.read_csv(edits_path, dtype={"prompt_id": str})
+    plots.distributions(edits, task, distributions_path)
+    threshold = success[plots.SUCCESS_OF[task]]
+    plots.success_vs_edit(edits, task, threshold, success_path)
+
+
+def examples(
+    task: str,
+    conditions: list[str],
+    images: list,
+    edited: list[str],
+    maps: list[str],
+    originals: list[str],
+    steps: list[int],
+    out_path: str,
+) -> None:
+    """``edited`` and ``maps``: per condition, per image (the rule's order); trial 0 shown."""
+    from PIL import Image
+
+    from . import figures as plots
+
+    rows = []
+    calls = None
+    for number, condition in enumerate(conditions):
+        for index, (prompt_id, seed) in enumerate(images):
+            folder = trial_dir(edited[number * len(images) + index], 0)
+            previews = sorted((folder / "previews" / "x0").glob("step*.png"))
+            calls = len(previews)
+            shown = plots.preview_steps(steps, calls)
+            with np.load(folder / TARGET_FILE) as data:
+                target = data["target"]
+            with np.load(maps[number * len(images) + index]) as data:
+                labelled = data["target"][0]
+            rows.append(
+                {
+                    "title": f"{prompt_id} s{seed}\n{condition}",
+                    "original": np.asarray(Image.open(originals[index]).convert("RGB")),
+                    "target": target,
+                    "edited": np.asarray(Image.open(folder / "image.png").convert("RGB")),
+                    "labelled": labelled,
+                    "previews": [np.asarray(Image.open(previews[s]).convert("RGB")) for s in shown],
+                }
+            )
+    plots.example_grid(rows, plots.preview_steps(steps, calls), task, out_path)
