@@ -52,7 +52,8 @@ def distributions(edits: pd.DataFrame, task: str, path: str | Path) -> None:
                 ax.hlines(values.mean(), position - 0.3, position + 0.3, color="black")
         ax.set_xticks(range(len(conditions)), conditions, rotation=20, fontsize=8)
         ax.set_ylabel(SCORE_LABELS.get(metric, metric), fontsize=8)
-        ax.axhline(0, color="grey", lw=0.5)
+        if metric.startswith("delta_") or metric == "displacement":
+            ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{task}: the edit beside its controls (dots: edits; bars: means)", fontsize=10)
     _save(fig, path)
