@@ -58,7 +58,9 @@ def run_mode(pipe, mode: str, prompt: str, seed: int, size: int, steps: int, out
                 width=size,
                 num_inference_steps=steps,
                 guidance_scale=7.5,
-                latents=initial_noise(seed, size, size).to(pipe.device, pipe.unet.dtype),
+                latents=initial_noise(seed, (4, size // 8, size // 8)).to(
+                    pipe.device, pipe.unet.dtype
+                ),
             )
         return
     settings = GenerationSettings(

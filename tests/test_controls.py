@@ -85,7 +85,7 @@ CONTROLS = {
 def generation_job(demo_models, images: list[tuple[str, int, object]]) -> None:
     """The generate job with every control on: (prompt, seed, output folder) per image."""
     jobs.generate(
-        model={"id": str(demo_models / "stable-diffusion")},
+        model={"id": str(demo_models / "stable-diffusion"), "backbone": "stable-diffusion"},
         allow_download=False,
         generation=GENERATION,
         images=[

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ldmprobe import jobs
+from ldmprobe.backbones.stable_diffusion import attention_layers
 from ldmprobe.demo_models import build_demo_model
 from ldmprobe.generation import alpha_bar, predict_x0
 from ldmprobe.labels import build_labeler, label_model_ref
@@ -24,7 +25,6 @@ from ldmprobe.models import (
     make_scheduler,
     resolve_model,
 )
-from ldmprobe.preflight import attention_layers
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -55,7 +55,7 @@ def test_sd2_style_model_loads_with_v_prediction_and_its_layers_at_768(sd2, tmp_
     # The workflow's layer table goes through the same loading code.
     out = tmp_path / "layers.json"
     generation = {"scheduler": "ddim", "steps": 15, "height": 768, "width": 768}
-    jobs.layer_table({"id": str(sd2)}, False, generation, str(out))
+    jobs.layer_table({"id": str(sd2), "backbone": "stable-diffusion"}, False, generation, str(out))
     table = json.loads(out.read_text())
     assert table["unet_calls"] == 15 and len(table["layers"]) == 16
     assert table["layers"][0]["height"] == 96 and table["layers"][-1]["name"] == "up3.2"

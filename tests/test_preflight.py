@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from ldmprobe import preflight
+from ldmprobe.backbones.stable_diffusion import StableDiffusion, attention_layers
 from ldmprobe.config import validate_config
 from ldmprobe.preflight import (
     DiskSpaceError,
-    attention_layers,
     disk_preflight,
     image_footprint,
     unet_calls,
@@ -52,9 +52,9 @@ def demo_unet_config(demo_models) -> dict:
 
 
 def test_layers_from_config_match_the_model_demo(demo_models, demo_unet_config):
-    from ldmprobe.models import ModelRef, load_unet_on_meta
+    from ldmprobe.models import ModelRef, load_denoiser_on_meta
 
-    unet = load_unet_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
+    unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
     for latent in [(8, 8), (16, 24)]:
         assert attention_layers(demo_unet_config, *latent) == discovered(unet, *latent)
 
@@ -74,9 +74,10 @@ def test_sd1_activation_bytes_match_the_reference_figures():
     unet_config = dict(meta_unet(SD1).config)
     assert sum(t * c for t, c in attention_layers(unet_config, 64, 64)) == 11_550_720
     generation = {"height": 512, "width": 512, "scheduler": "lms", "steps": 15}
-    one_half = image_footprint(unet_config, {**generation, "cfg_half": "cond", "previews": ["x0"]})
+    estimate = StableDiffusion().estimate(unet_config, 512, 512)
+    one_half = image_footprint(estimate, {**generation, "cfg_half": "cond", "previews": ["x0"]})
     assert one_half.activations == 346_521_600
-    both = image_footprint(unet_config, {**generation, "cfg_half": "both", "previews": ["x0"]})
+    both = image_footprint(estimate, {**generation, "cfg_half": "both", "previews": ["x0"]})
     assert both.activations == 2 * one_half.activations
 
 
@@ -119,7 +120,9 @@ def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tm
     )
     paths = [tmp_path / name for name in ("image.png", "previews", "act.zarr", "meta.json")]
     generate(demo_pipe, "a red car", 7, settings, *paths, {"model": "demo"})
-    footprint = image_footprint(demo_pipe.unet.config, generation)
+    footprint = image_footprint(
+        StableDiffusion().estimate(demo_pipe.unet.config, 64, 64), generation
+    )
 
     store = tmp_path / "act.zarr"
     chunks = [p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json"]
@@ -146,7 +149,9 @@ def study(demo_models, tmp_path):
     stores = [str(tmp_path / f"results/generation/p{i}/1/activations.zarr") for i in range(3)]
     labels = [str(tmp_path / f"results/labels/depth/p{i}/1.npz") for i in range(3)]
     unet_config = json.loads((demo_models / "stable-diffusion/unet/config.json").read_text())
-    footprint = image_footprint(unet_config, config["generation"])
+    footprint = image_footprint(
+        StableDiffusion().estimate(unet_config, 64, 64), config["generation"]
+    )
     return config, stores, labels, footprint
 
 
@@ -205,7 +210,7 @@ def test_check_can_be_switched_off(study, monkeypatch):
 def test_unbuilt_model_is_reported_as_not_checked(study, monkeypatch, tmp_path):
     config, stores, labels, _ = study
     fake_disk(monkeypatch, free=0)
-    config["models"]["diffusion"] = {"id": str(tmp_path / "not-built-yet")}
+    config["models"]["diffusion"]["id"] = str(tmp_path / "not-built-yet")
     line = disk_preflight(config, stores, labels)
     assert line.startswith("free space: not checked") and "models.diffusion" in line
 

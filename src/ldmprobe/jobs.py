@@ -70,14 +70,19 @@ def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
 
 
 def layer_table(model: dict, allow_download: bool, generation: dict, out_path: str) -> None:
-    """The U-Net's self-attention layers and the U-Net calls of the configured schedule."""
+    """The denoiser's probed layers and its calls in the configured schedule."""
+    from .backbones import get_backbone
     from .generation import count_unet_calls
     from .layers import discover_layers
-    from .models import ModelRef, load_scheduler_config, load_unet_on_meta, make_scheduler
+    from .models import ModelRef, load_denoiser_on_meta, load_scheduler_config, make_scheduler
 
     ref = ModelRef.from_config("models.diffusion", model)
-    unet = load_unet_on_meta(ref, allow_download)
-    layers = discover_layers(unet, generation["height"] // 8, generation["width"] // 8)
+    backbone = get_backbone(model["backbone"])
+    denoiser = load_denoiser_on_meta(ref, allow_download, backbone.name)
+    _channels, latent_h, latent_w = backbone.latent_shape(
+        denoiser, generation["height"], generation["width"]
+    )
+    layers = discover_layers(denoiser, latent_h, latent_w)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)
@@ -109,7 +114,8 @@ def generate(
     layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
     table was decoded) goes into the image's metadata.
     """
-    from .generation import GenerationSettings, permuted_unet
+    from .backbones import get_backbone
+    from .generation import GenerationSettings, permuted_denoiser
     from .generation import generate as run
     from .models import ModelRef, load_diffusion_pipeline
 
@@ -118,7 +124,7 @@ def generate(
     started = time.perf_counter()
     log.info("loading pipeline %s on %s", ref.describe(), device)
     pipe = load_diffusion_pipeline(
-        ref, generation["scheduler"], generation["dtype"], device, allow_download
+        ref, generation["scheduler"], generation["dtype"], device, allow_download, model["backbone"]
     )
     log.info("pipeline loaded in %.1f s", time.perf_counter() - started)
     if not capture_activations:
@@ -139,7 +145,8 @@ def generate(
     )
     permuted = None
     if settings.permuted_layers is not None:
-        permuted = permuted_unet(pipe.unet, settings.permutation_seed)
+        backbone = get_backbone(model["backbone"])
+        permuted = permuted_denoiser(backbone.denoiser(pipe), settings.permutation_seed)
     provenance = {"model": ref.id, "revision": ref.revision}
     if prompt_encoding is not None:
         provenance["prompt_encoding"] = prompt_encoding

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backbones import DEFAULT_BACKBONE, get_backbone
 from .compat import ensure_torchvision_importable
 
 
@@ -156,20 +157,16 @@ def default_device() -> str:
 
 
 def load_diffusion_pipeline(
-    ref: ModelRef, scheduler: str, dtype: str, device: str, allow_download: bool = False
+    ref: ModelRef,
+    scheduler: str,
+    dtype: str,
+    device: str,
+    allow_download: bool = False,
+    backbone: str = DEFAULT_BACKBONE,
 ):
-    ensure_torchvision_importable()
-    from diffusers import StableDiffusionPipeline
-
+    """The pipeline of ``ref``, loaded by its backbone adapter, with the configured sampler."""
     path = resolve_model(ref, allow_download)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        path,
-        dtype=torch_dtype(dtype, device),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        use_safetensors=True,
-    )
+    pipe = get_backbone(backbone).load_pipeline(path, torch_dtype(dtype, device))
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -193,16 +190,11 @@ def make_scheduler(name: str, base_config):
     return scheduler_class.from_config(base_config, **overrides)
 
 
-def load_unet_on_meta(ref: ModelRef, allow_download: bool = False):
-    """The U-Net's module structure without its weights (cheap), for layer discovery."""
-    ensure_torchvision_importable()
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    path = resolve_model(ref, allow_download)
-    config = UNet2DConditionModel.load_config(path, subfolder="unet")
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(config)
+def load_denoiser_on_meta(
+    ref: ModelRef, allow_download: bool = False, backbone: str = DEFAULT_BACKBONE
+):
+    """The denoiser's module structure without its weights (cheap), for layer discovery."""
+    return get_backbone(backbone).load_denoiser_on_meta(resolve_model(ref, allow_download))
 
 
 def load_scheduler_config(ref: ModelRef, allow_download: bool = False):

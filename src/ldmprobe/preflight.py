@@ -1,28 +1,26 @@
 """Checks made when the Snakefile is parsed, before any job: what the schema cannot say.
 
-Everything here reads small files only (the config, the U-Net's ``config.json``, ``stat`` of
+Everything here reads small files only (the config, the denoiser's ``config.json``, ``stat`` of
 output paths), never torch, because it runs at parse time.
 
 * :func:`check_consistency`: keys that are valid alone but not together (a labeler that does not
   exist or does not make that task's labels, a probed CFG half that generation does not store).
-* :func:`disk_preflight`: the bytes the run will still write, estimated from the U-Net's config
-  (activations dominate), against the free space of the results filesystem.
+* :func:`disk_preflight`: the bytes the run will still write, estimated by the backbone adapter
+  from the denoiser's config (activations dominate), against the free space of the results
+  filesystem.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backbones import Estimate, get_backbone
 from .config import ConfigError
 
-CROSS_ATTENTION_BLOCK = "CrossAttn"  # the block types whose transformers hold an attn1 module
-MID_BLOCK_WITH_TRANSFORMER = "UNetMidBlock2DCrossAttn"
-LATENT_FACTOR = 8  # pixels per latent cell, as generation assumes
 FILE_OVERHEAD = 4096  # headers of one PNG or npz file, rounded up
 
 
@@ -34,6 +32,10 @@ def check_consistency(config: dict) -> None:
     """Raise ConfigError naming the key when settings contradict each other (validated config)."""
     from .labels import LABELERS
 
+    try:
+        get_backbone(config["models"]["diffusion"]["backbone"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for task, section in config["labels"]["tasks"].items():
         key = f"labels.tasks.{task}.labeler"
         name = section["labeler"]
@@ -64,46 +66,6 @@ def check_consistency(config: dict) -> None:
         )
 
 
-def _per_block(value, count: int) -> list[int]:
-    return list(value) if isinstance(value, list | tuple) else [value] * count
-
-
-def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list[tuple]:
-    """(tokens, channels) of every self-attention layer, in execution order, from config.json.
-
-    Mirrors how diffusers' UNet2DConditionModel builds its blocks: a cross-attention down block
-    holds ``layers_per_block`` transformers, an up block one more, the mid block one; each
-    transformer holds ``transformer_layers_per_block`` attn1 modules. Down block i works at the
-    latent size halved i times (stride-2 convs round up); up blocks mirror the down blocks.
-    """
-    down = unet_config["down_block_types"]
-    up = unet_config["up_block_types"]
-    channels = list(unet_config["block_out_channels"])
-    n = len(down)
-    per_block = _per_block(unet_config.get("layers_per_block", 2), n)
-    depth = _per_block(unet_config.get("transformer_layers_per_block", 1), n)
-    up_depth = unet_config.get("reverse_transformer_layers_per_block") or depth[::-1]
-    up_depth = _per_block(up_depth, n)
-    sizes = [(latent_height, latent_width)]
-    for _ in range(n - 1):
-        height, width = sizes[-1]
-        sizes.append((math.ceil(height / 2), math.ceil(width / 2)))
-
-    layers = []
-    for i, block in enumerate(down):
-        if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[i][0] * sizes[i][1]
-            layers += [(tokens, channels[i])] * (per_block[i] * depth[i])
-    if unet_config.get("mid_block_type", MID_BLOCK_WITH_TRANSFORMER) == MID_BLOCK_WITH_TRANSFORMER:
-        layers += [(sizes[-1][0] * sizes[-1][1], channels[-1])] * depth[-1]
-    for i, block in enumerate(up):
-        level = n - 1 - i
-        if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[level][0] * sizes[level][1]
-            layers += [(tokens, channels[level])] * ((per_block[level] + 1) * up_depth[i])
-    return layers
-
-
 def unet_calls(scheduler: str, steps: int) -> int:
     """U-Net calls of a schedule: PNDM without PRK steps repeats one timestep (REFERENCE.md)."""
     return steps + 1 if scheduler == "pndm" else steps
@@ -123,33 +85,33 @@ class ImageFootprint:
         return self.activations + self.latents + self.pictures
 
 
-def image_footprint(unet_config: dict, generation: dict) -> ImageFootprint:
-    """What one generation job and one label job per task write, for the ``generation`` config."""
+def image_footprint(estimate: Estimate, generation: dict) -> ImageFootprint:
+    """What one generation job and one label job per task write, for the ``generation`` config;
+    ``estimate``: the backbone's, at the configured image size."""
     height, width = generation["height"], generation["width"]
-    latent_h, latent_w = height // LATENT_FACTOR, width // LATENT_FACTOR
     calls = unet_calls(generation["scheduler"], generation["steps"])
     halves = 2 if generation["cfg_half"] == "both" else 1
-    values_per_call = sum(t * c for t, c in attention_layers(unet_config, latent_h, latent_w))
+    values_per_call = sum(t * c for t, c in estimate.layers)
+    latent_values = math.prod(estimate.latent)
     kinds = generation["previews"]
     labelled_previews = calls if "x0" in kinds else 0
     return ImageFootprint(
         activations=values_per_call * calls * halves * 2,
-        latents=2 * calls * 4 * latent_h * latent_w * 4,
+        latents=2 * calls * latent_values * 4,
         pictures=(1 + calls * len(kinds)) * (height * width * 3 + FILE_OVERHEAD),
         labels_per_task=2 * (1 + labelled_previews) * height * width * 4 + FILE_OVERHEAD,
     )
 
 
-def find_unet_config(model: dict) -> Path | None:
-    """The U-Net's config.json of ``model`` if it is on this machine now (no download)."""
+def denoiser_config(model: dict) -> dict | None:
+    """The denoiser's config of ``model`` if it is on this machine now (no download)."""
     from .models import MissingModelError, ModelRef, resolve_model
 
     try:
         root = resolve_model(ModelRef.from_config("models.diffusion", model))
     except MissingModelError:
         return None
-    path = root / "unet" / "config.json"
-    return path if path.is_file() else None
+    return get_backbone(model["backbone"]).denoiser_config(root)
 
 
 def human(n_bytes: float) -> str:
@@ -200,13 +162,17 @@ def disk_preflight(config: dict, stores: list[str], labels: list[str]) -> str:
     settings = config["preflight"]
     if not settings["check_free_space"]:
         return "free space: not checked (preflight.check_free_space is false)"
-    unet_config = find_unet_config(config["models"]["diffusion"])
-    if unet_config is None:
+    model, generation = config["models"]["diffusion"], config["generation"]
+    denoiser = denoiser_config(model)
+    if denoiser is None:
         return (
-            "free space: not checked, the U-Net config of models.diffusion is not on this "
+            "free space: not checked, the denoiser config of models.diffusion is not on this "
             "machine yet (this run builds or downloads it); the next run checks it"
         )
-    footprint = image_footprint(json.loads(unet_config.read_text()), config["generation"])
+    estimate = get_backbone(model["backbone"]).estimate(
+        denoiser, generation["height"], generation["width"]
+    )
+    footprint = image_footprint(estimate, generation)
     images = sum(not os.path.exists(path) for path in stores)
     label_files = sum(not os.path.exists(path) for path in labels)
     needed = images * footprint.generation + label_files * footprint.labels_per_task

@@ -16,8 +16,6 @@ import numpy as np
 
 from .io import pause_point, rerun_advice
 
-HALVES = {"uncond": 0, "cond": 1}
-
 
 class StoreError(RuntimeError):
     """An activation store is missing or unreadable; the message says how to heal it."""
