@@ -341,7 +341,7 @@ def record_attention(pipe, layers, run):
     return records, result
 
 
-def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(demo_pipe):
+def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(demo_pipe, tmp_path):
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
     from ldmprobe.layers import discover_layers
 
@@ -389,6 +389,17 @@ def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(de
             assert not torch.equal(before, after), (name, half, step)
     np.testing.assert_array_equal(edited_image.x0[:first_step], plain_image.x0[:first_step])
     assert not np.array_equal(np.asarray(edited_image.image), np.asarray(plain_image.image))
+
+    # Unedited, the intervention's generation is the study's own image: PSNR measures the edit.
+    from PIL import Image
+
+    from ldmprobe.generation import GenerationSettings, generate
+
+    settings = GenerationSettings(height=64, width=64, steps=GENERATION["steps"], halves=())
+    paths = [tmp_path / name for name in ("image.png", "previews", "store.zarr", "meta.json")]
+    generate(pipe, "a red cube", 7, settings, *paths, provenance={})
+    study_image = np.asarray(Image.open(paths[0]).convert("RGB"))
+    np.testing.assert_array_equal(study_image, np.asarray(plain_image.image))
 
 
 def test_probe_edit_leaves_the_unconditional_half_and_other_sites_alone():

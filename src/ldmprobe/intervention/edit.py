@@ -98,7 +98,7 @@ def generate_edited(
     initial noise, edited by ``edit`` (None: unedited) through the trace on the probed modules
     of ``layers`` (``layers.Layer``) that it edits."""
     from ..backbones import backbone_of
-    from ..generation import alpha_bar, initial_noise, predict_x0
+    from ..generation import DenoiserCalls, initial_noise
     from ..trace import Trace
 
     backbone = backbone_of(pipe)
@@ -106,21 +106,9 @@ def generate_edited(
     edited_layers = set(edit.layers) if edit is not None else set()
     points = [backbone.point(layer.name, layer.module_path) for layer in layers]
     points = [point for point in points if point.layer in edited_layers]
-    scheduler = pipe.scheduler
-    guidance = generation["guidance_scale"]
-    x0 = []
-
-    def preview(_step, args, kwargs, output):
-        sample = backbone.call_sample(args, kwargs).float()
-        prediction = backbone.guided(backbone.call_prediction(output).float(), guidance)
-        timestep = backbone.call_timestep(args, kwargs)
-        timestep = float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else timestep
-        abar = alpha_bar(scheduler, timestep)
-        clean = predict_x0(sample[:1], prediction, abar, scheduler.config.prediction_type)
-        x0.append(clean[0].cpu().numpy())
-
-    channels, _h, _w = backbone.latent_shape(denoiser, generation["height"], generation["width"])
-    noise = initial_noise(seed, generation["height"], generation["width"], channels)
+    calls = DenoiserCalls(backbone, pipe.scheduler, generation["guidance_scale"])
+    latent_shape = backbone.latent_shape(denoiser, generation["height"], generation["width"])
+    noise = initial_noise(seed, latent_shape)
     with (
         Trace(
             denoiser,
@@ -128,7 +116,7 @@ def generate_edited(
             halves=(EDITED_HALF,),
             layout=backbone.cfg_layout,
             edit=edit,
-            on_call=preview,
+            on_call=calls,
         ) as trace,
         torch.no_grad(),
     ):
@@ -137,7 +125,7 @@ def generate_edited(
             height=generation["height"],
             width=generation["width"],
             num_inference_steps=generation["steps"],
-            guidance_scale=guidance,
+            guidance_scale=generation["guidance_scale"],
             latents=noise.to(pipe.device, denoiser.dtype),
         )
-    return EditedImage(result.images[0], np.stack(x0), trace.calls)
+    return EditedImage(result.images[0], np.stack(calls.x0), trace.calls)

@@ -84,7 +84,7 @@ def intervene(
     device = resolve_device(generation["device"])
     started = time.perf_counter()
     pipe = load_diffusion_pipeline(
-        ref, generation["scheduler"], generation["dtype"], device, allow_download
+        ref, generation["scheduler"], generation["dtype"], device, allow_download, model["backbone"]
     )
     log.info(
         "pipeline %s loaded on %s in %.1f s", ref.describe(), device, time.perf_counter() - started
