@@ -40,7 +40,9 @@ def intervened(tmp_path_factory):
         controls__vae__enabled=False,
         controls__latent__enabled=False,
     )
-    run_snakemake(workdir, config, *TARGETS)
+    # A whole tiny study (generation, labels, probes) comes before the edits: allow for a busy
+    # machine.
+    run_snakemake(workdir, config, *TARGETS, timeout=2400)
     return workdir, config
 
 
