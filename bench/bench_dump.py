@@ -140,8 +140,8 @@ def main(argv=None) -> None:
     steps, reps = (2, 1) if options.tiny else (options.steps, options.reps)
     dtype = options.dtype or ("float16" if options.full_size else "float32")
 
-    from ldmprobe.jobs import resolve_device, setup_job
-    from ldmprobe.models import ModelRef, load_diffusion_pipeline
+    from ldmprobe.jobs import setup_job
+    from ldmprobe.models import ModelRef, load_diffusion_pipeline, resolve_device
 
     setup_job(None)
     import logging

@@ -56,10 +56,11 @@ def bench_generation(task: str, size: int, iterations: int, results_dir, tiny: b
 
     import torch
 
+    from ldmprobe.backbones import backbone_of
     from ldmprobe.demo_models import build_demo_model
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
     from ldmprobe.intervention.optimise import EditSettings
-    from ldmprobe.labels import TASKS
+    from ldmprobe.tasks import TASKS
     from ldmprobe.layers import discover_layers
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
 
@@ -70,7 +71,7 @@ def bench_generation(task: str, size: int, iterations: int, results_dir, tiny: b
         build_demo_model("stable-diffusion", Path(folder) / "sd", seed=0)
         ref = ModelRef("models.diffusion", str(Path(folder) / "sd"))
         pipe = load_diffusion_pipeline(ref, "lms", "float32", "cpu")
-    layers = discover_layers(pipe.unet, size // 8, size // 8)
+    layers = discover_layers(backbone_of(pipe), pipe.unet, size // 8, size // 8)
     edited_layers, steps = plan(task, layers, generation["steps"])
     probes = random_probes(edited_layers, steps, kind)
     settings = EditSettings(iterations=iterations)
@@ -103,14 +104,15 @@ def bench_sites(task: str, iterations: int, results_dir, tiny: bool) -> None:
     import torch
     from full_size import unet_on_meta
 
+    from ldmprobe.backbones import DEFAULT_BACKBONE, get_backbone
     from ldmprobe.intervention.optimise import EditSettings, optimise_activation
-    from ldmprobe.labels import TASKS
+    from ldmprobe.tasks import TASKS
     from ldmprobe.layers import discover_layers
 
     torch.set_num_threads(1)
     kind = TASKS[task].kind
     size = 512
-    layers = discover_layers(unet_on_meta(), size // 8, size // 8)
+    layers = discover_layers(get_backbone(DEFAULT_BACKBONE), unet_on_meta(), size // 8, size // 8)
     edited_layers, steps = plan(task, layers, 15)
     map_ = torch.from_numpy(target(kind, size))
     seconds = {}

@@ -74,7 +74,8 @@ def write_labels(work: Path, n_images: int, label_size: int, previews: int) -> d
     """One binary label file (saliency) and one continuous (depth, shading) per image."""
     from PIL import Image
 
-    from ldmprobe.labels import TASKS, label_image
+    from ldmprobe.labels import label_image
+    from ldmprobe.tasks import TASKS
 
     image = work / "image.png"
     Image.new("RGB", (label_size, label_size), (128, 128, 128)).save(image)

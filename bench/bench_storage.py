@@ -102,7 +102,8 @@ def main(argv=None) -> None:
         options.images, options.size, options.steps = 1, 64, 2
     codecs = CODECS[:2] if options.tiny else CODECS
 
-    from ldmprobe.jobs import resolve_device, setup_job
+    from ldmprobe.jobs import setup_job
+    from ldmprobe.models import resolve_device
 
     setup_job(None)
     import logging

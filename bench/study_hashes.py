@@ -1,14 +1,18 @@
 """sha256 of every output of a tiny study that a refactor must leave byte-identical.
 
-Runs the tiny study of ``tests/workflow.py`` (SD 1.x demo model, saliency and depth, the three
-controls, the VGG-16 experiment) in a working directory and writes ``{path: sha256}`` for the
-stores' chunk files, generation metadata, labels, probe outputs and tables. ``--compare`` names
-a file written before and lists every path whose bytes differ, or that one side lacks.
+Runs the tiny study of ``tests/workflow.py`` (SD 1.x demo model, saliency and depth, the
+permuted, VAE and latent controls, the VGG-16 experiment, two images per job) in a working
+directory and writes ``{path: sha256}`` of the stores' chunk files and metadata, generation
+metadata, labels, probe outputs and tables. ``--compare`` names a file written before and lists
+every path whose bytes differ, or that one side lacks.
 
     PYTHONPATH=src .venv/bin/python bench/study_hashes.py WORKDIR OUT.json [--compare BEFORE.json]
 
 Logs, the report, figures (matplotlib embeds nothing variable, but a font cache may differ) and
-Snakemake's own files are left out.
+Snakemake's own files are left out. A ``.safetensors`` file is hashed with its header's keys
+sorted: safetensors writes its metadata map in an order that varies from process to process
+(the same tensors and metadata saved in four processes gave two different files), so its bytes
+differ between two runs of the same code. ``--no-run`` hashes an existing WORKDIR.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ def study(workdir: Path) -> Path:
         (Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text()
     )
     tasks = {name: demo["labels"]["tasks"][name] for name in ("saliency", "depth")}
+    # The position control is new with the backbone seam: off, so both sides run one study.
     config = tiny_config(
-        workdir, labels__tasks=tasks, classification__enabled=True, images_per_job=2
+        workdir,
+        labels__tasks=tasks,
+        classification__enabled=True,
+        images_per_job=2,
+        controls__position={"enabled": False},
     )
     run_snakemake(workdir, config, timeout=3600)
     return workdir / "results"
@@ -46,8 +55,18 @@ def hashes(results: Path) -> dict[str, str]:
             continue
         if path.suffix in {".png", ".html", ".log"}:
             continue
-        out[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
+        if path.suffix == ".safetensors":
+            data = canonical_safetensors(data)
+        out[str(relative)] = hashlib.sha256(data).hexdigest()
     return out
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The file with its JSON header's keys (and the metadata's) in sorted order."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    return json.dumps(header, sort_keys=True).encode() + data[8 + size :]
 
 
 def main() -> None:
@@ -55,8 +74,9 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--compare", type=Path)
+    parser.add_argument("--no-run", action="store_true")
     args = parser.parse_args()
-    found = hashes(study(args.workdir))
+    found = hashes(args.workdir / "results" if args.no_run else study(args.workdir))
     args.out.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
     print(f"{len(found)} files hashed -> {args.out}")
     if args.compare:

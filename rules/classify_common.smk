@@ -1,6 +1,6 @@
 # Parse-time part of the classification experiment (rules/classify.smk): its prompt table
 # with the target ImageNet class of every row, and helpers of its rules.
-from ldmprobe.classify import load_classification_prompts
+from ldmprobe.classify_prompts import load_classification_prompts
 
 CLASSIFICATION = CONFIG["classification"]
 CLASSIFY = f"{RESULTS}/classification"
@@ -52,8 +52,9 @@ def random_weights_note():
     return ""
 
 
-# The study's generation settings; only the preview kinds differ, and no activations are kept.
+# The study's generation settings (less the untracked device); only the preview kinds differ,
+# and no activations are kept.
 CLASSIFY_GENERATION = {
-    **{key: value for key, value in CONFIG["generation"].items() if key != "cfg_half"},
+    **without(CONFIG["generation"], "cfg_half", "device"),
     "previews": CLASSIFICATION["preview_kinds"],
 }

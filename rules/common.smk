@@ -2,13 +2,17 @@
 # cluster job), so it only reads small files: the config, the prompt table, model folders.
 import json
 import os
+from dataclasses import dataclass, field
 
+from ldmprobe.backbones import get_backbone
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.preflight import DiskSpaceError, check_consistency, disk_preflight
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
+from ldmprobe.sources import DENOISER
+from ldmprobe.tasks import TASKS
 
 
 def fail(message):
@@ -29,9 +33,9 @@ LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
-METRICS_OF_KIND = {"binary": ["dice"], "continuous": ["spearman", "pearson", "rmse"]}
-TASK_KIND = {"saliency": "binary", "depth": "continuous", "shading": "continuous"}
-SOURCE = "unet"
+# The denoiser's source name ("unet" for Stable Diffusion): its probes, figures and examples.
+BACKBONE = get_backbone(CONFIG["models"]["diffusion"]["backbone"])
+SOURCE = DENOISER.name(BACKBONE.kind)
 
 
 wildcard_constraints:
@@ -79,6 +83,21 @@ if _missing:
     fail("\n".join(_missing))
 
 
+def untracked(value):
+    """A param that decides how a job runs, not what it writes: where it computes (a device,
+    `auto` resolving differently on a submit host and a GPU node), how many inputs it takes at
+    once, whether it may download. Snakemake reruns a job whose params differ from those its
+    outputs were made with; it leaves out params computed by a function of the job's
+    `threads` (or input, output, resources), as derived from what it tracks itself, so a
+    change of this value reruns nothing (`--forcerun <rule>` does, on purpose)."""
+    return lambda wildcards, threads: value
+
+
+def without(section, *keys):
+    """A config section as a param, less its untracked keys."""
+    return {key: value for key, value in section.items() if key not in keys}
+
+
 def model_input(model):
     """The model folder as an input when this workflow builds it (demo), else nothing."""
     return [model["id"]] if built_by_workflow(model) else []
@@ -106,6 +125,46 @@ def gpu_resources(device, batch):
     if GPU_MODEL:
         resources["gpu_model"] = GPU_MODEL
     return resources
+
+
+@dataclass
+class ImageStage:
+    """A per-image stage (generate, label, classify_generate, classify), declared in its own
+    .smk; rules/images.smk makes its rules, one wildcard rule per image with images_per_job 1,
+    else one rule per batch. ``inputs`` and ``outputs`` are per-image path patterns (those in
+    ``directories`` are folders); ``model`` is the model input, as is; ``fields(prompt_id,
+    seed)`` gives each image's entry of the rule's ``images`` param; ``settings`` are the rest
+    of its params. (Field names avoid Snakemake's keywords, which snakefmt reads as such.)
+    """
+
+    stage: str
+    keys: list
+    log_folder: str
+    device: str
+    fields: object
+    environment: str
+    entry_point: str
+    settings: dict
+    outputs: dict
+    inputs: dict = field(default_factory=dict)
+    model: object = ()
+    directories: tuple = ()
+
+    def input_files(self, batch):
+        files = {
+            name: image_files(pattern, batch) for name, pattern in self.inputs.items()
+        }
+        return {**files, "model": self.model}
+
+    def output_files(self, batch):
+        return {
+            name: (directory(files) if name in self.directories else files)
+            for name, pattern in self.outputs.items()
+            for files in [image_files(pattern, batch)]
+        }
+
+
+IMAGE_STAGES = []
 
 
 def image_rules(stage, keys):
@@ -167,7 +226,7 @@ def dataset_inputs(wildcards):
         "meta": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json"),
     }
     for task in TASK_NAMES:
-        inputs[f"label_{task}"] = per_image(
+        inputs[TASKS[task].label_key] = per_image(
             f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz"
         )
     return inputs
@@ -180,7 +239,7 @@ if workflow.is_main_process:
         _space = disk_preflight(
             CONFIG,
             _pending["store"],
-            [path for task in TASK_NAMES for path in _pending[f"label_{task}"]],
+            [path for task in TASK_NAMES for path in _pending[TASKS[task].label_key]],
         )
     except DiskSpaceError as error:
         fail(error)
@@ -215,19 +274,10 @@ def probe_grid():
     return [layer.name for layer in chosen], sorted(steps)
 
 
-def cell_files(name):
-    layers, steps = probe_grid()
-    return [
-        f"{RESULTS}/probes/{SOURCE}/{layer}/step{step}/{name}"
-        for layer in layers
-        for step in steps
-    ]
-
-
 def figure_files():
     files = []
     for task in TASK_NAMES:
-        for metric in METRICS_OF_KIND[TASK_KIND[task]]:
+        for metric in TASKS[task].metrics:
             files.append(f"{RESULTS}/figures/heatmap/{task}-{metric}.png")
             files.append(f"{RESULTS}/figures/curves/{task}-{metric}.png")
         files.append(f"{RESULTS}/figures/examples/{task}.png")

@@ -43,7 +43,7 @@ def intervention_cells():
 def intervention_conditions():
     permuted = None
     if CONFIG["controls"]["permuted_unet"]["enabled"]:
-        permuted = source_grid(PERMUTED)[0]
+        permuted = source_grid(PERMUTED.name(BACKBONE.kind))[0]
     try:
         return conditions(INTERVENTION, permuted, intervention_cells()[0])
     except PlanError as error:
@@ -54,7 +54,8 @@ def intervention_probes(wildcards):
     """The probe file of every edited (layer, step), of the source the condition edits with."""
     from ldmprobe.intervention.conditions import CONDITIONS
 
-    source = PERMUTED if CONDITIONS[wildcards.condition].probe == "permuted" else SOURCE
+    permuted = CONDITIONS[wildcards.condition].probe == "permuted"
+    source = PERMUTED.name(BACKBONE.kind) if permuted else SOURCE
     layers, steps = intervention_cells()
     return [
         f"{RESULTS}/probes/{source}/{layer}/step{step}/probe.safetensors"
@@ -113,8 +114,9 @@ rule intervene:
         },
         probe_keys=intervention_probe_keys,
         model=CONFIG["models"]["diffusion"],
-        allow_download=ALLOW_DOWNLOAD,
-        generation=CONFIG["generation"],
+        allow_download=untracked(ALLOW_DOWNLOAD),
+        generation=without(CONFIG["generation"], "device"),
+        device=untracked(CONFIG["generation"]["device"]),
         intervention=INTERVENTION,
     script:
         "../scripts/intervene.py"
@@ -145,8 +147,8 @@ rule intervention_score:
             "seed": int(wildcards.seed),
         },
         task=lambda wildcards: CONFIG["labels"]["tasks"][wildcards.task],
-        allow_download=ALLOW_DOWNLOAD,
-        device=CONFIG["labels"]["device"],
+        allow_download=untracked(ALLOW_DOWNLOAD),
+        device=untracked(CONFIG["labels"]["device"]),
         intervention=INTERVENTION,
     script:
         "../scripts/intervention_score.py"

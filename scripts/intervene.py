@@ -5,7 +5,7 @@ jobs.setup_job(snakemake.log[0], snakemake.threads)
 intervention.intervene(
     model=snakemake.params.model,
     allow_download=snakemake.params.allow_download,
-    generation=snakemake.params.generation,
+    generation={**snakemake.params.generation, "device": snakemake.params.device},
     intervention=snakemake.params.intervention,
     task=snakemake.wildcards.task,
     condition=snakemake.wildcards.condition,

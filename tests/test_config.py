@@ -31,7 +31,15 @@ def test_defaults_are_filled():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c.update(bogus=1), r"'\(top level\)'.*'bogus' was unexpected"),
+        (lambda c: c.update(bogus=1), r"'\(top level\)'.*'bogus' was unexpected\); allowed"),
+        (
+            lambda c: c["generation"].update(stpes=15),
+            r"'generation'.*'stpes' was unexpected\); did you mean 'steps'\?; allowed keys",
+        ),
+        (
+            lambda c: c["controls"].update(postion={"enabled": True}),
+            r"'controls'.*did you mean 'position'\?",
+        ),
         (lambda c: c["generation"].update(steps="15"), r"'generation.steps'.*not of type"),
         (lambda c: c["generation"].update(steps=0), r"'generation.steps'.*minimum"),
         (
@@ -54,6 +62,19 @@ def test_bad_config_names_the_key(edit, message):
     edit(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_schema_reads_the_declared_tasks_and_controls():
+    """Task names come from ldmprobe.tasks; the controls section has one entry per declared
+    control source (ldmprobe.sources), and nothing else."""
+    from ldmprobe.config import load_schema
+    from ldmprobe.sources import CONTROLS
+    from ldmprobe.tasks import TASKS
+
+    schema = load_schema()["properties"]
+    for section in ("labels", "probe"):
+        assert schema[section]["properties"]["tasks"]["propertyNames"] == {"enum": list(TASKS)}
+    assert set(schema["controls"]["properties"]) == {source.control for source in CONTROLS}
 
 
 def test_probe_settings_merge_task_overrides():
@@ -79,3 +100,33 @@ def test_parse_time_imports_leave_torch_out():
     probe = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", modules
+
+
+@pytest.mark.parametrize("rewrite", ["reordered", "flow-style", "numbers"])
+def test_a_rewritten_config_validates_to_the_same_params(rewrite):
+    """Key order, YAML style and number spelling never reach the rules' params: validation
+    gives the same config, down to its repr (what Snakemake compares)."""
+    from workflow import REWRITES
+
+    written = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    text = REWRITES[rewrite](written)
+    assert text != yaml.safe_dump(written, sort_keys=False)
+    rewritten = validate_config(yaml.safe_load(text))
+    original = validate_config(written)
+    assert repr(rewritten) == repr(original)
+    assert repr(probe_settings(rewritten)) == repr(probe_settings(original))
+
+
+def test_numbers_take_their_schema_type():
+    written = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    written["generation"].update(steps=15.0, guidance_scale=7)
+    written["probe"]["defaults"]["lr"] = "1e-3"  # as YAML 1.1 reads `lr: 1e-3`
+    written["probe"]["steps"] = [0, 3.0, "7e0", 14]
+    config = validate_config(written)
+    assert repr(config["generation"]["steps"]) == "15"
+    assert repr(config["generation"]["guidance_scale"]) == "7.0"
+    assert repr(config["probe"]["defaults"]["lr"]) == "0.001"
+    assert repr(config["probe"]["steps"]) == "[0, 3, 7, 14]"
+    written["generation"]["steps"] = "15"  # a quoted string stays a string: an error
+    with pytest.raises(ConfigError, match="'generation.steps': '15' is not of type"):
+        validate_config(written)

@@ -5,10 +5,12 @@ import pytest
 import torch
 import zarr
 
-from ldmprobe.backbones.stable_diffusion import layer_name
+from ldmprobe.backbones.stable_diffusion import StableDiffusion, layer_name
 from ldmprobe.generation import GenerationSettings, alpha_bar, generate, initial_noise
 from ldmprobe.layers import discover_layers, select_layers
 from ldmprobe.models import ModelRef, load_denoiser_on_meta
+
+SD = StableDiffusion()
 
 # Paper Table 1 for SD v1.x at 512 px: (block, layers, token side) in execution order.
 SD1_LAYOUT = [
@@ -24,7 +26,7 @@ SD1_LAYOUT = [
 
 def test_layers_are_discovered_from_the_model_in_execution_order(demo_models):
     unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
-    layers = discover_layers(unet, 64, 64)
+    layers = discover_layers(SD, unet, 64, 64)
     expected = [(block, side) for block, count, side in SD1_LAYOUT for _ in range(count)]
     assert [(layer.block, layer.height) for layer in layers] == expected
     assert [layer.order for layer in layers] == list(range(16))
@@ -39,7 +41,7 @@ def test_layer_names_for_deeper_transformers():
 
 def test_layer_selection_by_pattern_and_unknown_pattern(demo_models):
     unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
-    layers = discover_layers(unet, 64, 64)
+    layers = discover_layers(SD, unet, 64, 64)
     assert [layer.name for layer in select_layers(layers, ["up_blocks.3", "mid*"])] == [
         "mid.0",
         "up3.0",

@@ -342,11 +342,12 @@ def record_attention(pipe, layers, run):
 
 
 def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(demo_pipe, tmp_path):
+    from ldmprobe.backbones import backbone_of
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
     from ldmprobe.layers import discover_layers
 
     pipe = demo_pipe
-    layers = discover_layers(pipe.unet, 8, 8)
+    layers = discover_layers(backbone_of(pipe), pipe.unet, 8, 8)
     by_name = {layer.name: layer for layer in layers}
     edited_layers, edited_steps = ["up2.0", "up3.1"], [2, 3]
     torch.manual_seed(0)

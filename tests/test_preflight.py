@@ -18,6 +18,7 @@ from ldmprobe.preflight import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SD = StableDiffusion()
 
 # diffusers' defaults are the SD v1.x U-Net; only the text width differs.
 SD1 = {"cross_attention_dim": 768}
@@ -42,7 +43,7 @@ def meta_unet(overrides: dict):
 def discovered(unet, latent_h, latent_w):
     from ldmprobe.layers import discover_layers
 
-    layers = discover_layers(unet, latent_h, latent_w)
+    layers = discover_layers(SD, unet, latent_h, latent_w)
     return [(layer.height * layer.width, layer.channels) for layer in layers]
 
 
@@ -99,8 +100,9 @@ def file_bytes(root: Path, exclude: str = "") -> int:
 def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tmp_path):
     """With codec none the chunk files hold exactly the estimated bytes; PNGs and labels less."""
     from ldmprobe.generation import GenerationSettings, generate
-    from ldmprobe.labels import TASKS, build_labeler, label_image
+    from ldmprobe.labels import build_labeler, label_image
     from ldmprobe.models import ModelRef
+    from ldmprobe.tasks import TASKS
 
     generation = {
         "height": 64,

@@ -15,14 +15,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .controls import LABELER, LABELER_LAYER, UNET
 from .io import write_csv
+from .sources import DENOISER, LABELER, named
+from .tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"rmse"}
-# The metric the report's comparison sentence uses per task kind.
-HEADLINE = {"binary": "dice", "continuous": "spearman"}
 EMERGENCE_COLUMNS = [
     "task",
     "layer",
@@ -57,18 +55,24 @@ def labeler_scores(
     ``tasks`` maps each task to its probe settings (only the target scaling is used);
     ``steps`` None means every step the label files hold.
     """
-    from .labels import TASKS, load_label
+    from .labels import load_label
 
     rows = []
     test = manifest[manifest["split"] == "test"]
     for task_name, settings in tasks.items():
         kind = TASKS[task_name].kind
-        column = f"label_{task_name}"
+        column = TASKS[task_name].label_key
         train = manifest[manifest["split"] == "train"][column]
         train_targets = [load_label(p, keys=("target",))["target"] for p in train]
         mean, std = target_scaling(kind, settings, train_targets)
+        # The variants of the continuous metrics, as the probes have them (metrics.VARIANTS).
+        position_mean = np.mean(train_targets, axis=0, dtype=np.float64) if train_targets else None
+        foreground_column = TASKS[metrics.FOREGROUND_TASK].label_key
         for _, image in test.iterrows():
             label = load_label(image[column], keys=("target", "preview_target"))
+            foreground = None
+            if kind == "continuous" and foreground_column in image:
+                foreground = load_label(image[foreground_column], keys=("target",))["target"] > 0.5
             chosen = range(len(label["preview_target"])) if steps is None else steps
             for step in chosen:
                 preview = label["preview_target"][step]
@@ -76,13 +80,17 @@ def labeler_scores(
                     values = metrics.image_metrics("binary", preview > 0.5, label["target"] > 0.5)
                 else:
                     values = metrics.image_metrics(
-                        "continuous", (preview - mean) / std, (label["target"] - mean) / std
+                        "continuous",
+                        (preview - mean) / std,
+                        (label["target"] - mean) / std,
+                        foreground,
+                        None if position_mean is None else (position_mean - mean) / std,
                     )
                 rows.extend(metrics.image_rows(image, task_name, values, step=step))
         log.info("%s: labeler on %d test images' previews", task_name, len(test))
     table = pd.DataFrame(
         rows, columns=["prompt_id", "seed", "task", "metric", "value", "step"]
-    ).assign(source=LABELER, half="", layer=LABELER_LAYER)
+    ).assign(source=LABELER.name(), half="", layer=LABELER.layer["name"])
     return table
 
 
@@ -103,7 +111,7 @@ def emergence_table(
             steps,
             values,
             fraction=fraction,
-            higher_is_better=metric not in LOWER_IS_BETTER,
+            higher_is_better=not metrics.lower_is_better(metric),
             n_resamples=n_resamples,
             level=level,
             seed=seed,
@@ -134,7 +142,7 @@ def best_layer(emergence: pd.DataFrame, task: str, metric: str, source: str) -> 
     ].dropna(subset=["final_mean"])
     if rows.empty:
         return None
-    lower = metric in LOWER_IS_BETTER
+    lower = metrics.lower_is_better(metric)
     return rows.sort_values("final_mean", ascending=lower).iloc[0]
 
 
@@ -149,13 +157,14 @@ def _step_text(row: pd.Series | None) -> str:
     return f"step {row['step']}{interval}"
 
 
-def comparison(emergence: pd.DataFrame, task_kinds: dict[str, str]) -> pd.DataFrame:
-    """Per task: the best U-Net probe layer's emergence step beside the labeler's."""
+def comparison(emergence: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Per task: the best denoiser probe layer's emergence step beside the labeler's."""
+    denoiser = next((s for s in emergence.source.unique() if named(s) is DENOISER), None)
     rows = []
-    for task, kind in task_kinds.items():
-        metric = HEADLINE[kind]
-        probe = best_layer(emergence, task, metric, UNET)
-        labeler = best_layer(emergence, task, metric, LABELER)
+    for task in tasks:
+        metric = TASKS[task].headline
+        probe = best_layer(emergence, task, metric, denoiser)
+        labeler = best_layer(emergence, task, metric, LABELER.name())
         fraction = float(emergence["fraction"].iloc[0]) if len(emergence) else np.nan
         sentence = (
             f"{task} ({metric}, {fraction:.0%} of the final value): the probe on "
@@ -181,7 +190,7 @@ def comparison(emergence: pd.DataFrame, task_kinds: dict[str, str]) -> pd.DataFr
 
 def write_emergence(
     per_image: pd.DataFrame,
-    task_kinds: dict[str, str],
+    tasks: list[str],
     metrics_config: dict,
     emergence_path,
     comparison_path,
@@ -194,7 +203,7 @@ def write_emergence(
         metrics_config["seed"],
     )
     write_csv(emergence_path, table)
-    compared = comparison(table, task_kinds)
+    compared = comparison(table, tasks)
     write_csv(comparison_path, compared)
     for sentence in compared["sentence"]:
         log.info("%s", sentence)

@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import controls
 from .backbones import backbone_of
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, select_layers
+from .provenance import VERSION_KEY, package_version, png_info
+from .sources import DENOISER, GUIDED, PERMUTED, VAE
 from .storage import ActivationWriter, array_path, create_store
 from .trace import Point, Trace
 
 log = logging.getLogger(__name__)
-
-UNET_SOURCE = "unet"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class GenerationSettings:
     activation_dtype: str = "float16"
     # Activation chunks queued for the writer thread; 0 writes them synchronously.
     write_queue: int = 64
-    # Controls (``controls.py``): layer patterns of the permuted U-Net and its permutation
+    # Controls (``sources.py``): layer patterns of the permuted U-Net and its permutation
     # seed (None: off), and which latent the VAE control decodes (None: off).
     permuted_layers: tuple[str, ...] | None = None
     permutation_seed: int = 0
@@ -111,18 +110,35 @@ class DenoiserCalls:
         cond = backbone.cfg_layout(sample.shape[0])["cond"]
         prediction = backbone.guided(prediction, self.guidance_scale)
         sample = sample[cond : cond + 1]
-        abar = alpha_bar(self.scheduler, self.timesteps[-1])
-        x0 = predict_x0(sample, prediction, abar, self.scheduler.config.prediction_type)
+        x0 = backbone.predict_x0(self.scheduler, sample, prediction, self.timesteps[-1])
         self.xt.append(sample[0].cpu().numpy())
         self.x0.append(x0[0].cpu().numpy())
 
 
+def permute_weights(module, seed: int) -> int:
+    """Permute the elements of every ``*weight`` parameter in place; biases are kept.
+
+    One generator seeded once walks the parameters in ``named_parameters`` order, so the
+    permutation depends only on the seed and the architecture. Returns the number of tensors.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not name.endswith("weight"):
+                continue
+            order = torch.randperm(param.numel(), generator=generator).to(param.device)
+            param.copy_(param.flatten()[order].view_as(param))
+            count += 1
+    return count
+
+
 def permuted_denoiser(denoiser, seed: int):
     """The permuted control's network: a copy of ``denoiser`` with every weight tensor's
-    elements permuted (``controls.permute_weights``); the pipeline's own denoiser is untouched,
+    elements permuted (``permute_weights``); the pipeline's own denoiser is untouched,
     so one job can generate many images."""
     permuted = copy.deepcopy(denoiser)
-    count = controls.permute_weights(permuted, seed)
+    count = permute_weights(permuted, seed)
     log.info("permuted %d weight tensors of a denoiser copy (seed %d)", count, seed)
     return permuted
 
@@ -132,7 +148,7 @@ def replay_permuted(backbone, permuted, inputs: list[dict], layers: list[Layer],
     real one saw, so its activations belong to the same images and labels."""
     log.info("replaying %d calls through the permuted denoiser", len(inputs))
     points = [backbone.point(layer.name, layer.module_path) for layer in layers]
-    record = store_tokens(writer, controls.PERMUTED)
+    record = store_tokens(writer, PERMUTED.name(backbone.kind))
     with (
         Trace(permuted, points, halves=halves, layout=backbone.cfg_layout, record=record),
         torch.no_grad(),
@@ -146,10 +162,10 @@ def vae_trace(backbone, vae, writer) -> Trace:
     call per step), from the guided trajectory."""
     return Trace(
         vae.decoder,
-        [Point(controls.VAE_LAYER, backbone.vae_module)],
-        halves=(controls.GUIDED,),
-        layout=lambda _batch: {controls.GUIDED: 0},
-        record=store_tokens(writer, controls.VAE),
+        [Point(VAE.layer["name"], backbone.vae_module)],
+        halves=(GUIDED,),
+        layout=lambda _batch: {GUIDED: 0},
+        record=store_tokens(writer, VAE.name(backbone.kind)),
     )
 
 
@@ -192,13 +208,14 @@ def generate(
     denoiser = backbone.denoiser(pipe)
     latent_shape = backbone.latent_shape(denoiser, settings.height, settings.width)
     _channels, latent_h, latent_w = latent_shape
-    layers = discover_layers(denoiser, latent_h, latent_w)
+    layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     n_calls, _ = count_unet_calls(pipe.scheduler, settings.steps)
-    cfg = settings.guidance_scale > 1.0
-    if not cfg and "uncond" in settings.halves:
-        raise ValueError("generation.cfg_half includes 'uncond' but guidance_scale <= 1 (no CFG)")
+    held = backbone.batch_halves(settings.guidance_scale)
+    if "uncond" in settings.halves and "uncond" not in held:
+        reason = backbone.no_uncond_reason(settings.guidance_scale)
+        raise ValueError(f"generation.cfg_half includes 'uncond', but {reason}")
     arrays = {
-        array_path(UNET_SOURCE, half, layer.name): (
+        array_path(DENOISER.name(backbone.kind), half, layer.name): (
             (n_calls, layer.height * layer.width, layer.channels),
             settings.activation_dtype,
         )
@@ -210,7 +227,7 @@ def generate(
         permuted_layers = select_layers(layers, list(settings.permuted_layers))
         arrays.update(
             {
-                array_path(controls.PERMUTED, half, layer.name): (
+                array_path(PERMUTED.name(backbone.kind), half, layer.name): (
                     (n_calls, layer.height * layer.width, layer.channels),
                     settings.activation_dtype,
                 )
@@ -221,15 +238,15 @@ def generate(
     control_layers = {}
     if settings.vae_latent is not None:
         channels = backbone.vae_channels(pipe.vae)
-        control_layers[controls.VAE] = [
+        control_layers[VAE.name(backbone.kind)] = [
             {
-                "name": controls.VAE_LAYER,
+                "name": VAE.layer["name"],
                 "height": latent_h,
                 "width": latent_w,
                 "channels": channels,
             }
         ]
-        arrays[array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)] = (
+        arrays[array_path(VAE.name(backbone.kind), GUIDED, VAE.layer["name"])] = (
             (n_calls, latent_h * latent_w, channels),
             settings.activation_dtype,
         )
@@ -251,7 +268,7 @@ def generate(
                 points if settings.halves else [],
                 halves=settings.halves,
                 layout=backbone.cfg_layout,
-                record=store_tokens(writer, UNET_SOURCE),
+                record=store_tokens(writer, DENOISER.name(backbone.kind)),
                 on_call=calls,
             ) as trace:
 
@@ -287,7 +304,7 @@ def generate(
                     else:
                         images = decode_latents(pipe, latents[kind])
                     for step, image in enumerate(images):
-                        image.save(tmp_previews / kind / f"step{step:03d}.png")
+                        image.save(tmp_previews / kind / f"step{step:03d}.png", pnginfo=png_info())
                 log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
                 if settings.vae_latent and settings.vae_latent not in settings.preview_kinds:
                     with vae_trace(backbone, pipe.vae, writer):
@@ -298,12 +315,17 @@ def generate(
         group["latents/x0"][:] = latents["x0"]
         group.attrs.update(
             {
+                VERSION_KEY: package_version(),
                 "steps": n_calls,
                 "layers": [layer.to_dict() for layer in layers],
                 "controls": {
                     **control_layers,
                     **(
-                        {controls.PERMUTED: [layer.to_dict() for layer in permuted_layers]}
+                        {
+                            PERMUTED.name(backbone.kind): [
+                                layer.to_dict() for layer in permuted_layers
+                            ]
+                        }
                         if permuted_layers
                         else {}
                     ),
@@ -312,7 +334,7 @@ def generate(
         )
 
     with atomic_file(image_path) as tmp_image:
-        result.images[0].save(tmp_image, format="PNG")
+        result.images[0].save(tmp_image, format="PNG", pnginfo=png_info())
 
     meta = {
         **provenance,

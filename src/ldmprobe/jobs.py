@@ -56,12 +56,6 @@ def setup_job(log_path: str | None, threads: int | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def resolve_device(device: str) -> str:
-    from .models import default_device
-
-    return default_device() if device == "auto" else device
-
-
 def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
     from .demo_models import build_demo_model as build
 
@@ -82,7 +76,7 @@ def layer_table(model: dict, allow_download: bool, generation: dict, out_path: s
     _channels, latent_h, latent_w = backbone.latent_shape(
         denoiser, generation["height"], generation["width"]
     )
-    layers = discover_layers(denoiser, latent_h, latent_w)
+    layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)
@@ -117,7 +111,7 @@ def generate(
     from .backbones import get_backbone
     from .generation import GenerationSettings, permuted_denoiser
     from .generation import generate as run
-    from .models import ModelRef, load_diffusion_pipeline
+    from .models import ModelRef, load_diffusion_pipeline, resolve_device
 
     ref = ModelRef.from_config("models.diffusion", model)
     device = resolve_device(generation["device"])
@@ -172,13 +166,15 @@ def generate(
 
 def control_settings(controls: dict) -> dict:
     """GenerationSettings fields of the ``controls`` config section (absent: all off)."""
+    from .sources import PERMUTED, VAE
+
     settings = {}
-    permuted = controls.get("permuted_unet", {})
+    permuted = controls.get(PERMUTED.control, {})
     if permuted.get("enabled"):
         layers = permuted.get("layers") or "all"
         settings["permuted_layers"] = ("*",) if layers == "all" else tuple(layers)
         settings["permutation_seed"] = permuted.get("seed", 0)
-    vae = controls.get("vae", {})
+    vae = controls.get(VAE.control, {})
     if vae.get("enabled"):
         settings["vae_latent"] = vae.get("latent", "x0")
     return settings
@@ -194,7 +190,9 @@ def label(
 ) -> None:
     """``images``: one dict per image with its ``image``, ``previews`` and ``out`` paths; the
     labeler is loaded once for all of them."""
-    from .labels import TASKS, build_labeler, label_image, label_model_ref
+    from .labels import build_labeler, label_image, label_model_ref
+    from .models import resolve_device
+    from .tasks import TASKS
 
     ref = label_model_ref(task, task_config)
     options = task_config.get("options", {})
@@ -203,7 +201,13 @@ def label(
         task_config["labeler"], ref, resolve_device(device), allow_download, options
     )
     log.info("%s labeler %s loaded in %.1f s", task, ref.describe(), time.perf_counter() - started)
-    provenance = {"labeler": task_config["labeler"], "model": ref.id, "revision": ref.revision}
+    provenance = {
+        "labeler": task_config["labeler"],
+        "model": ref.id,
+        "revision": ref.revision,
+        # Where it ran: left out of the rule's params (rules/common.smk, `untracked`).
+        "device": labeler.device,
+    }
     for number, image in enumerate(images, start=1):
         started = time.perf_counter()
         preview_paths = sorted(Path(image["previews"], "x0").glob("step*.png"))
@@ -294,7 +298,7 @@ def labeler_scores(
 
 def emergence(
     per_image_path: str,
-    task_kinds: dict[str, str],
+    tasks: list[str],
     metrics_config: dict,
     emergence_path: str,
     comparison_path: str,
@@ -304,7 +308,7 @@ def emergence(
     from .emergence import write_emergence
 
     per_image = pd.read_csv(per_image_path, dtype={"prompt_id": str, "half": str})
-    table = write_emergence(per_image, task_kinds, metrics_config, emergence_path, comparison_path)
+    table = write_emergence(per_image, tasks, metrics_config, emergence_path, comparison_path)
     log.info("%d emergence rows", len(table))
 
 
@@ -351,9 +355,11 @@ def examples(
     from .cell import load_probe_weights
     from .dataset import read_manifest
     from .figures import example_grid
-    from .labels import TASKS, load_label
+    from .labels import load_label
     from .probes import LinearProbe, TrainedProbe, predict_maps
-    from .storage import array_path, open_store, read_chunk
+    from .sources import named
+    from .storage import open_store
+    from .tasks import TASKS
 
     manifest = read_manifest(manifest_path)
     test = manifest[manifest["split"] == "test"]
@@ -382,10 +388,10 @@ def examples(
     rows = []
     for _, image in test.iterrows():
         group = open_store(image["store"])
-        label = load_label(image[f"label_{task}"])
+        label = load_label(image[TASKS[task].label_key])
         probe_maps = []
         for step, (trained, height, width) in zip(steps, probes, strict=True):
-            x = read_chunk(group, array_path(source, half, layer), step, image["store"])
+            x = named(source).read(group, source, half, layer, step, image["store"])
             x = torch.from_numpy(np.asarray(x))[None]
             probe_maps.append(predict_maps(trained, x, height, width)[0].astype(float))
         previews_dir = Path(image["image"]).parent / "previews" / "x0"

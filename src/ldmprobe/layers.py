@@ -26,14 +26,13 @@ class Layer:
         return asdict(self)
 
 
-def discover_layers(denoiser, latent_height: int = 64, latent_width: int = 64) -> list[Layer]:
-    """All probed layers of ``denoiser`` in execution order (it may live on 'meta')."""
+def discover_layers(backbone, denoiser, latent_height: int, latent_width: int) -> list[Layer]:
+    """All probed layers of ``denoiser`` (of ``backbone``, an adapter) in execution order; the
+    denoiser may live on 'meta'."""
     import torch
 
-    from .backbones import backbone_of
     from .trace import Trace
 
-    backbone = backbone_of(denoiser)
     modules = backbone.probed_modules(denoiser)
     if not modules:
         raise ValueError(f"the {backbone.name} denoiser has no self-attention modules to probe")

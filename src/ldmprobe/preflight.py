@@ -33,7 +33,7 @@ def check_consistency(config: dict) -> None:
     from .labels import LABELERS
 
     try:
-        get_backbone(config["models"]["diffusion"]["backbone"])
+        backbone = get_backbone(config["models"]["diffusion"]["backbone"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     for task, section in config["labels"]["tasks"].items():
@@ -58,11 +58,12 @@ def check_consistency(config: dict) -> None:
             f"config key 'probe.cfg_half': {probed!r} is not stored, generation.cfg_half is "
             f"{generation['cfg_half']!r}; allowed: {stored} (or set generation.cfg_half: both)"
         )
-    if "uncond" in stored and generation["guidance_scale"] <= 1:
+    held = backbone.batch_halves(generation["guidance_scale"])
+    if "uncond" in stored and "uncond" not in held:
         raise ConfigError(
             f"config key 'generation.cfg_half': {generation['cfg_half']!r} needs the "
-            f"unconditional half, but generation.guidance_scale {generation['guidance_scale']} "
-            "<= 1 runs without classifier-free guidance; allowed: ['cond']"
+            f"unconditional half, but {backbone.no_uncond_reason(generation['guidance_scale'])}; "
+            f"allowed: {list(held)}"
         )
 
 

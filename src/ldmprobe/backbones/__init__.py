@@ -2,15 +2,15 @@
 
 Everything the workflow knows about a family of diffusion models lives in its adapter; the rest
 of the package asks the adapter, never the model class. The family of a study is config key
-``models.diffusion.backbone`` (default ``stable-diffusion``); ``backbone_of(model)`` finds the
-adapter of a loaded pipeline or denoiser by its class.
+``models.diffusion.backbone`` (default ``stable-diffusion``); ``backbone_of(pipe)`` finds the
+adapter of a loaded pipeline by its class (not of a bare denoiser: SD and SDXL share one).
 
 An adapter provides (``Backbone`` documents each member):
 
 * loading: ``pipeline_classes`` (diffusers class names), ``load_pipeline(path, dtype)`` and
   ``load_denoiser_on_meta(path)`` (structure only, for layer discovery);
 * the denoiser: ``denoiser(pipe)``, and ``kind`` (``"unet"``, ``"transformer"``), the word
-  used for its source in paths, tables and figures;
+  used for its source in paths and tables (``ldmprobe.sources``), ``kind_label`` in figures;
 * latents: ``latent_shape(denoiser, height, width)`` (channels and downsampling factor);
 * the probed layers: ``probed_modules(denoiser)`` ({module path: (short name, block)}), short,
   sortable, path-safe names; ``point(name, module_path)``, the ``trace.Point`` that reads the
@@ -18,9 +18,13 @@ An adapter provides (``Backbone`` documents each member):
   stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
   ``discovery_call(denoiser, latent_h, latent_w)``, one forward on zeros for the token grids;
 * the prompt: ``prompt_length(pipe, prompt)`` (the text encoder's limit, and whether it cuts);
-* CFG: ``cfg_layout(batch)`` ({half: row}; a family without a CFG batch (guidance-distilled)
-  maps a batch of one to ``cond`` only, so asking for ``uncond`` is an error the trace names)
-  and ``guided(prediction, guidance_scale)``;
+* CFG: ``batch_halves(guidance_scale)`` and ``no_uncond_reason`` (the preflight's check of
+  ``generation.cfg_half``: a guidance-distilled family without a CFG batch holds ``cond``
+  only, so asking for ``uncond`` stops the run with its reason), ``cfg_layout(batch)``
+  ({half: row} of a denoiser batch; the trace names a half the batch lacks) and
+  ``guided(prediction, guidance_scale)``;
+* the x0 preview: ``predict_x0(scheduler, sample, prediction, timestep)`` (the default reads
+  the scheduler's noise schedule and prediction type; a flow-matching family overrides it);
 * a denoiser call: ``call_timestep``, ``call_sample`` (from its args and kwargs),
   ``call_prediction`` (from its output), ``replay_inputs`` (what replaying it needs: text
   embeddings, pooled embeddings, ``added_cond_kwargs``...) and ``replay(denoiser, inputs)``,
@@ -30,6 +34,13 @@ An adapter provides (``Backbone`` documents each member):
 * the free-space preflight: ``denoiser_config(root)`` (its config.json, if on this machine) and
   ``estimate(config, height, width)`` from it alone (no torch: it runs at the Snakefile's
   parse).
+
+Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
+the bottom of this file), a builder of a tiny random-weight model of the real architecture in
+``ldmprobe.demo_models.BUILDERS`` (saved with ``save_pretrained`` and loaded back through
+``load_pipeline``), and a test. Where a family differs from the U-Net defaults of ``Backbone``
+(call arguments named ``hidden_states``, pooled embeddings and ``added_cond_kwargs`` in
+``replay_inputs``, an image stream read by ``point``), it overrides that member only.
 
 The modules of this package import torch and diffusers only inside functions: the Snakefile's
 parse imports them.
@@ -67,11 +78,11 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]()
 
 
-def backbone_of(model) -> Backbone:
-    """The adapter of a loaded pipeline or denoiser, by its class name."""
-    kind = type(model).__name__
+def backbone_of(pipe) -> Backbone:
+    """The adapter of a loaded pipeline, by its class name."""
+    kind = type(pipe).__name__
     for adapter in BACKBONES.values():
-        if kind in adapter.pipeline_classes or kind in adapter.denoiser_classes:
+        if kind in adapter.pipeline_classes:
             return adapter()
     raise ValueError(f"no backbone adapter knows {kind}; known: {sorted(BACKBONES)}")
 
@@ -91,9 +102,9 @@ class Backbone:
 
     name: ClassVar[str]  # set by register
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    denoiser_classes: ClassVar[tuple[str, ...]] = ()
     denoiser_attribute: ClassVar[str] = "unet"  # the pipeline's attribute, and its subfolder
     kind: ClassVar[str] = "unet"
+    kind_label: ClassVar[str] = "U-Net"  # the denoiser in figure legends
     vae_module: ClassVar[str] = ""
 
     # Loading ------------------------------------------------------------------------------
@@ -128,6 +139,16 @@ class Backbone:
     def prompt_length(self, pipe, prompt: str) -> dict:
         raise NotImplementedError
 
+    def batch_halves(self, guidance_scale: float) -> tuple[str, ...]:
+        """The CFG halves a denoiser batch holds at this guidance scale (checked at parse time)."""
+        return ("uncond", "cond") if guidance_scale > 1 else ("cond",)
+
+    def no_uncond_reason(self, guidance_scale: float) -> str:
+        """Why ``batch_halves`` lacks ``uncond``, for the config error."""
+        return (
+            f"generation.guidance_scale {guidance_scale} <= 1 runs without classifier-free guidance"
+        )
+
     def cfg_layout(self, batch: int) -> dict[str, int]:
         """Row of each CFG half in a denoiser batch: [uncond, cond] with CFG, else cond."""
         if batch == 2:
@@ -143,6 +164,13 @@ class Backbone:
         rows = self.cfg_layout(prediction.shape[0])
         uncond, cond = prediction[rows["uncond"]], prediction[rows["cond"]]
         return (uncond + guidance_scale * (cond - uncond))[None]
+
+    def predict_x0(self, scheduler, sample, prediction, timestep):
+        """The x0 prediction of one guided call, for the previews and ``latents/x0``."""
+        from ..generation import alpha_bar, predict_x0
+
+        abar = alpha_bar(scheduler, timestep)
+        return predict_x0(sample, prediction, abar, scheduler.config.prediction_type)
 
     # One denoiser call --------------------------------------------------------------------
     def call_timestep(self, args, kwargs):

@@ -88,9 +88,9 @@ def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -
 @register("stable-diffusion")
 class StableDiffusion(Backbone):
     pipeline_classes = ("StableDiffusionPipeline",)
-    denoiser_classes = ("UNet2DConditionModel",)
     denoiser_attribute = "unet"
     kind = "unet"
+    kind_label = "U-Net"
     # Pixels per latent cell: the VAE's three stride-2 stages.
     latent_factor = 8
     # The VAE control: the output projection of the decoder's mid-block self-attention.

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_directory, atomic_file, write_csv, write_json
+from ..provenance import VERSION_KEY, package_version
 from .targets import IDENTITY, draw_offset, probe_units, translated_label, trial_rng
 
 log = logging.getLogger("ldmprobe")
@@ -71,10 +72,11 @@ def intervene(
     import torch
 
     from ..generation import decode_latents
-    from ..jobs import resolve_device
-    from ..labels import TASKS, load_label
+    from ..labels import load_label
     from ..layers import Layer
-    from ..models import ModelRef, load_diffusion_pipeline
+    from ..models import ModelRef, load_diffusion_pipeline, resolve_device
+    from ..provenance import png_info
+    from ..tasks import TASKS
     from .conditions import CONDITIONS
     from .edit import SITE_COLUMNS, ProbeEdit, generate_edited
     from .optimise import EditSettings
@@ -118,11 +120,16 @@ def intervene(
             seconds = time.perf_counter() - started
             folder = trial_dir(tmp, trial)
             (folder / "previews" / "x0").mkdir(parents=True)
-            edited.image.save(folder / "image.png", format="PNG")
+            edited.image.save(folder / "image.png", format="PNG", pnginfo=png_info())
             for step, preview in enumerate(decode_latents(pipe, edited.x0)):
-                preview.save(folder / "previews" / "x0" / f"step{step:03d}.png")
+                preview.save(folder / "previews" / "x0" / f"step{step:03d}.png", pnginfo=png_info())
             with open(folder / TARGET_FILE, "wb") as handle:
-                np.savez(handle, target=target, offset=np.array([offset.dy, offset.dx]))
+                np.savez(
+                    handle,
+                    target=target,
+                    offset=np.array([offset.dy, offset.dx]),
+                    **{VERSION_KEY: np.array(package_version())},
+                )
             write_csv(folder / EDITS_FILE, pd.DataFrame(edit.sites, columns=SITE_COLUMNS))
             costs.append(
                 {
@@ -166,8 +173,9 @@ def score(
     import pandas as pd
     from PIL import Image
 
-    from ..jobs import resolve_device
-    from ..labels import TASKS, build_labeler, label_model_ref, load_label, to_target
+    from ..labels import build_labeler, label_model_ref, load_label, to_target
+    from ..models import resolve_device
+    from ..tasks import TASKS
     from .scores import SUCCESS_SCORE, TASK_SCORES, psnr, relative_edit
     from .targets import Offset
 
@@ -220,7 +228,11 @@ def score(
             )
     write_csv(scores_path, pd.DataFrame(rows))
     with atomic_file(maps_path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, target=maps.astype(np.float32))
+        np.savez(
+            handle,
+            target=maps.astype(np.float32),
+            **{VERSION_KEY: np.array(package_version())},
+        )
     log.info("scored %d trials of %s under %s", len(trials), image["prompt_id"], condition)
 
 

@@ -60,7 +60,7 @@ class EditProbe:
 def load_edit_probe(path: str | Path, task: str) -> EditProbe:
     """The ``task`` head of a probe cell's ``probe.safetensors`` (``cell.run_cell``)."""
     from ..cell import load_probe_weights
-    from ..labels import TASKS
+    from ..tasks import TASKS
 
     tensors, metadata = load_probe_weights(path)
     if task not in metadata["training"]:
