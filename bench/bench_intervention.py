@@ -60,9 +60,9 @@ def bench_generation(task: str, size: int, iterations: int, results_dir, tiny: b
     from ldmprobe.demo_models import build_demo_model
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
     from ldmprobe.intervention.optimise import EditSettings
-    from ldmprobe.tasks import TASKS
     from ldmprobe.layers import discover_layers
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
+    from ldmprobe.tasks import TASKS
 
     torch.set_num_threads(1)
     kind = TASKS[task].kind
@@ -106,8 +106,8 @@ def bench_sites(task: str, iterations: int, results_dir, tiny: bool) -> None:
 
     from ldmprobe.backbones import DEFAULT_BACKBONE, get_backbone
     from ldmprobe.intervention.optimise import EditSettings, optimise_activation
-    from ldmprobe.tasks import TASKS
     from ldmprobe.layers import discover_layers
+    from ldmprobe.tasks import TASKS
 
     torch.set_num_threads(1)
     kind = TASKS[task].kind
