@@ -30,7 +30,7 @@ IMAGE_STAGES.append(
             "seed": seed,
         },
         environment="../envs/generate.yaml",
-        entry_point="../scripts/classify_generate.py",
+        entry_point="classify_generate.py",
         settings={
             "model": CONFIG["models"]["diffusion"],
             "allow_download": untracked(ALLOW_DOWNLOAD),
@@ -59,7 +59,7 @@ IMAGE_STAGES.append(
             "target": CLASSIFY_ROWS[(prompt_id, seed)]["class_index"],
         },
         environment="../envs/labels.yaml",
-        entry_point="../scripts/classify.py",
+        entry_point="classify.py",
         settings={
             "model": CLASSIFICATION["model"],
             "allow_download": untracked(ALLOW_DOWNLOAD),
@@ -67,6 +67,7 @@ IMAGE_STAGES.append(
             "batch_size": untracked(CLASSIFICATION["batch_size"]),
             "top_k": CLASSIFICATION["top_k"],
             "kinds": CLASSIFICATION["preview_kinds"],
+            "classes": CLASSIFICATION["classes"],
         },
         inputs={
             "image": f"{CLASSIFY_DIR}/image.png",

@@ -8,7 +8,7 @@ CLASSIFY_PROMPTS = None
 if CLASSIFICATION["enabled"]:
     try:
         CLASSIFY_PROMPTS = load_classification_prompts(
-            CLASSIFICATION["prompts"], workflow.basedir
+            CLASSIFICATION["prompts"], workflow.basedir, CLASSIFICATION["classes"]
         )
     except PromptTableError as error:
         fail(error)

@@ -134,7 +134,7 @@ class ImageStage:
     else one rule per batch. ``inputs`` and ``outputs`` are per-image path patterns (those in
     ``directories`` are folders); ``model`` is the model input, as is; ``fields(prompt_id,
     seed)`` gives each image's entry of the rule's ``images`` param; ``settings`` are the rest
-    of its params. (Field names avoid Snakemake's keywords, which snakefmt reads as such.)
+    of its params; ``entry_point`` is its script under scripts/. (Field names avoid Snakemake's keywords, which snakefmt reads as such.)
     """
 
     stage: str

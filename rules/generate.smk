@@ -16,7 +16,7 @@ IMAGE_STAGES.append(
             "seed": seed,
         },
         environment="../envs/generate.yaml",
-        entry_point="../scripts/generate.py",
+        entry_point="generate.py",
         settings={
             "model": CONFIG["models"]["diffusion"],
             "allow_download": untracked(ALLOW_DOWNLOAD),

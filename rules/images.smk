@@ -1,11 +1,9 @@
 # The rules of every per-image stage (declared as an ImageStage in its own .smk: generate,
 # label, classify_generate, classify), written once: one wildcard rule per image with
 # images_per_job 1, else one rule per batch of images_per_job consecutive table rows.
-# A function, not a bare loop: Snakemake evaluates `script:` again when a job runs, and a loop
-# variable would by then be the last stage; the function's `stage` stays its own. (snakefmt
-# 2.1 cannot parse a rule inside a function, hence fmt: off.)
-# fmt: off
-def image_stage_rules(stage):
+# Snakemake evaluates `script:` again when a job runs, when the loop variable is the last
+# stage, so the script is one constant that runs the stage's own (its entry_point param).
+for stage in IMAGE_STAGES:
     for rule_name, batch in image_rules(stage.stage, stage.keys):
 
         rule:
@@ -26,10 +24,6 @@ def image_stage_rules(stage):
             params:
                 **stage.settings,
                 images=image_fields(stage.fields, batch),
+                entry_point=untracked(stage.entry_point),
             script:
-                stage.entry_point
-
-
-for image_stage in IMAGE_STAGES:
-    image_stage_rules(image_stage)
-# fmt: on
+                "../scripts/image_stage.py"

@@ -8,7 +8,7 @@ IMAGE_STAGES.append(
         device=CONFIG["labels"]["device"],
         fields=lambda prompt_id, seed: dict(prompt_id=prompt_id, seed=seed),
         environment="../envs/labels.yaml",
-        entry_point="../scripts/label.py",
+        entry_point="label.py",
         settings=dict(
             task=lambda wildcards: CONFIG["labels"]["tasks"][wildcards.task],
             allow_download=untracked(ALLOW_DOWNLOAD),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .classify_figures import emergence_groups, first_correct_figure, topk_figure
+from .classify_prompts import IMAGENET, class_list
 from .classify_stats import (
     FINAL,
     criteria,
@@ -67,7 +68,9 @@ class Classifier:
         return np.concatenate(batches)
 
 
-def load_classifier(ref, device: str = "cpu", allow_download: bool = False) -> Classifier:
+def load_classifier(
+    ref, device: str = "cpu", allow_download: bool = False, classes: str = IMAGENET
+) -> Classifier:
     """Load a timm classifier saved in the Hugging Face hub layout (config.json + weights).
 
     ``ref.id`` is a local directory or a hub id such as ``timm/vgg16.tv_in1k`` looked up in the
@@ -90,16 +93,27 @@ def load_classifier(ref, device: str = "cpu", allow_download: bool = False) -> C
             "timm/vgg16.tv_in1k"
         )
     model = timm.create_model(f"local-dir:{path}", pretrained=True)
+    data_config = resolve_data_config({}, model=model)
+    transform = create_transform(**data_config, is_training=False)
+    if classes != IMAGENET:
+        # The model declares its classes (save_for_hf's label_names); they must be the list's.
+        ids, names = class_list(classes)
+        declared = tuple(model.pretrained_cfg.get("label_names") or ())
+        if declared != ids:
+            raise ValueError(
+                f"config key '{ref.key}': {ref.describe()} predicts classes {list(declared)}, "
+                f"not the {classes} class list {list(ids)} (classification.classes)"
+            )
+        return Classifier(model.eval().to(device), transform, data_config, ids, names, device)
     info = ImageNetInfo()
     if model.num_classes != info.num_classes():
         raise ValueError(
             f"config key '{ref.key}': {ref.describe()} has {model.num_classes} classes; the "
             f"experiment needs an ImageNet-1k classifier ({info.num_classes()} classes)"
         )
-    data_config = resolve_data_config({}, model=model)
     return Classifier(
         model=model.eval().to(device),
-        transform=create_transform(**data_config, is_training=False),
+        transform=transform,
         data_config=data_config,
         class_ids=tuple(info.label_names()),
         class_names=tuple(info.index_to_description(i) for i in range(info.num_classes())),
@@ -163,6 +177,7 @@ def classify_job(
     top_k: int,
     kinds: Sequence[str],
     images: Sequence[dict],
+    classes: str = IMAGENET,
 ) -> None:
     """``images``: one dict per image with its ``prompt_id``, ``seed``, ``target`` class index,
     input paths ``image``, ``previews``, ``meta`` and output paths ``topk`` and ``curves``; the
@@ -170,7 +185,7 @@ def classify_job(
     from .models import ModelRef, resolve_device
 
     ref = ModelRef.from_config("classification.model", model)
-    classifier = load_classifier(ref, resolve_device(device), allow_download)
+    classifier = load_classifier(ref, resolve_device(device), allow_download, classes)
     log.info("classifier %s, preprocessing %s", ref.describe(), classifier.data_config)
     for number, image in enumerate(images, start=1):
         topk, curves = classify_generation(

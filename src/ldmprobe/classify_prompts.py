@@ -49,8 +49,37 @@ def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return synsets, tuple(lemmas[synset] for synset in synsets)
 
 
-def resolve_class(cell: str, where: str) -> int:
-    """The ImageNet-1k class index named by ``cell``: an index 0-999 or a WordNet id."""
+# The class lists a classifier may be trained on (config key classification.classes): the
+# target column names classes of the declared list, and the model must predict that list.
+IMAGENET = "imagenet-1k"
+WORLD = "world"
+
+
+def class_list(classes: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Ids and names of the declared class list, in class-index order."""
+    if classes == IMAGENET:
+        return imagenet_classes()
+    if classes == WORLD:
+        from .world.nets import CLASSES
+
+        return CLASSES, CLASSES
+    raise ValueError(f"unknown class list {classes!r}; expected {IMAGENET!r} or {WORLD!r}")
+
+
+def resolve_class(cell: str, where: str, classes: str = IMAGENET) -> int:
+    """The class index named by ``cell``: an index into the class list or a class id (for
+    ImageNet-1k a WordNet id, for the world a class name such as "red sphere")."""
+    if classes != IMAGENET:
+        ids, _ = class_list(classes)
+        text = cell.strip()
+        if _ASCII_INTEGER.fullmatch(text) and int(text) < len(ids):
+            return int(text)
+        if text in ids:
+            return ids.index(text)
+        raise PromptTableError(
+            f"{where}: {text!r} is not a class of the {classes} class list; write a class "
+            f"index (0-{len(ids) - 1}) or one of {list(ids)}"
+        )
     synsets, names = imagenet_classes()
     text = cell.strip()
     if _ASCII_INTEGER.fullmatch(text):
@@ -79,7 +108,9 @@ def resolve_class(cell: str, where: str) -> int:
     )
 
 
-def load_classification_prompts(spec: dict, base_dir: str | Path = ".") -> pd.DataFrame:
+def load_classification_prompts(
+    spec: dict, base_dir: str | Path = ".", classes: str = IMAGENET
+) -> pd.DataFrame:
     """The rows of the ``classification.prompts`` tables, each with its resolved target class.
 
     Read and validated by :func:`ldmprobe.prompts.load_prompts`, the target column (an
@@ -103,12 +134,12 @@ def load_classification_prompts(spec: dict, base_dir: str | Path = ".") -> pd.Da
     try:
         table = load_prompts(prompts_spec, base_dir, key="classification.prompts")
         indices = [
-            resolve_class(row.target, f"prompt table {row.source}, line {row.line}")
+            resolve_class(row.target, f"prompt table {row.source}, line {row.line}", classes)
             for row in table.itertuples()
         ]
     except PromptTableError as error:
         raise PromptTableError(f"classification.prompts: {error}") from None
-    synsets, names = imagenet_classes()
+    synsets, names = class_list(classes)
     table = table.drop(columns=["split", "target"])
     table.insert(3, "class_index", indices)
     table.insert(4, "class_id", [synsets[index] for index in indices])

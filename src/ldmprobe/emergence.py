@@ -76,7 +76,10 @@ def labeler_scores(
             chosen = range(len(label["preview_target"])) if steps is None else steps
             for step in chosen:
                 preview = label["preview_target"][step]
-                if kind == "binary":
+                if kind == "binary" and np.isnan(preview).all():
+                    # The labeler gave this preview no label (continuous metrics drop NaNs).
+                    values = {"dice": float("nan")}
+                elif kind == "binary":
                     values = metrics.image_metrics("binary", preview > 0.5, label["target"] > 0.5)
                 else:
                     values = metrics.image_metrics(
