@@ -23,6 +23,7 @@ include: "rules/classify.smk"
 include: "rules/world_labelers.smk"
 include: "rules/world.smk"
 include: "rules/images.smk"
+include: "rules/intervention.smk"
 
 
 report: "report/workflow.rst"

@@ -317,6 +317,8 @@ def final_outputs(wildcards):
         # emergence_outputs: rules/controls_common.smk (emergence tables, comparison figures).
         *emergence_outputs(),
         *classification_outputs(),
+        # intervention_outputs: rules/intervention.smk (empty unless intervention.enabled).
+        *intervention_outputs(),
     ]
 
 
