@@ -95,8 +95,7 @@ def test_probe_hyperparameter_reruns_only_downstream_of_probes(study):
     counts = jobs_to_run(run_snakemake(workdir, changed, "-n"))
     downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
     assert set(counts) == {"probe", *downstream}
-    assert counts["probe"] == 14  # 6 U-Net cells, 4 permuted, 2 VAE, 2 latent
-    tiny_config(workdir)  # restore for the other tests
+    assert counts["probe"] == 16  # 6 U-Net cells, 4 permuted, 2 VAE, 2 latent, 2 position
 
 
 @pytest.mark.parametrize("rewrite", sorted(REWRITES))
@@ -131,7 +130,7 @@ def test_generation_setting_reruns_generation_and_downstream(study):
     counts = jobs_to_run(run_snakemake(workdir, path, "-n"))
     downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
     assert set(counts) == {"generate", "label", "dataset", "probe", "labeler_scores", *downstream}
-    assert counts["generate"] == counts["label"] == len(TINY_KEYS) and counts["probe"] == 14
+    assert counts["generate"] == counts["label"] == len(TINY_KEYS) and counts["probe"] == 16
 
 
 def test_every_output_records_the_package_version(study):
@@ -173,7 +172,7 @@ def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):
     finally:
         prompts.write_text(original)
     assert counts["generate"] == 1 and counts["label"] == 1
-    assert counts["dataset"] == 1 and counts["probe"] == 14 and counts["labeler_scores"] == 1
+    assert counts["dataset"] == 1 and counts["probe"] == 16 and counts["labeler_scores"] == 1
     assert "layer_table" not in counts and "demo_model" not in counts
 
 

@@ -7,6 +7,7 @@ package, a config derived from ``config/demo.yaml``, outputs under the test's ow
 from __future__ import annotations
 
 import copy
+import hashlib
 import csv
 import io
 import os
@@ -60,7 +61,12 @@ def tiny_config(workdir: Path, **overrides) -> Path:
         for key in parents:
             section = section[key]
         section[leaf] = value
-    path = workdir / "config.yaml"
+    # A variant gets its own file: the study's config.yaml is what later tests rerun against.
+    name = "config.yaml"
+    if overrides:
+        digest = hashlib.sha256(repr(sorted(overrides.items())).encode()).hexdigest()[:8]
+        name = f"config-{digest}.yaml"
+    path = workdir / name
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     return path
 

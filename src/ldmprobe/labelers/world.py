@@ -68,7 +68,9 @@ class WorldNetLabeler(_TargetedLabeler):
                 f"{ref.key}: {ref.describe()} predicts {record['tasks']}, not {target!r}"
             )
         self.channel, self.fold = record["tasks"].index(target), record["recipe"]["fold"]
-        self.model = UNet2DModel.from_pretrained(path, torch_dtype=torch.float32)
+        self.model = UNet2DModel.from_pretrained(
+            path, torch_dtype=torch.float32, use_safetensors=True
+        )
         self.model.to(self.device).eval()
 
     def predict(self, images: list) -> np.ndarray:
