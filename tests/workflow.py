@@ -7,8 +7,8 @@ package, a config derived from ``config/demo.yaml``, outputs under the test's ow
 from __future__ import annotations
 
 import copy
-import hashlib
 import csv
+import hashlib
 import io
 import os
 import subprocess
