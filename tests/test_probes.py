@@ -6,7 +6,9 @@ from ldmprobe.probes import (
     Adam,
     ProbeSettings,
     ProbeTask,
+    SortedBlocks,
     evaluate,
+    loss_targets,
     pool_to_grid,
     probe_loss,
     train_probe,
@@ -101,9 +103,67 @@ def test_huber_at_label_resolution_matches_interpolated_reference():
         output.reshape(2, H, W, 1).permute(0, 3, 1, 2), scale_factor=K, mode="nearest"
     )[:, 0]
     reference = torch.nn.functional.huber_loss(upsampled, labels)
-    ours = probe_loss("continuous", ProbeSettings(), output, labels, H, W)
-    assert ProbeSettings().resolution("continuous") == "label"
+    ours = probe_loss(
+        "continuous", ProbeSettings(loss_resolution="label"), output, labels, H, W
+    )
     assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.1, 1.0, 4.0])
+@pytest.mark.parametrize("labels_kind", ["normal", "ties", "offset"])
+def test_huber_at_the_token_grid_is_exact(delta, labels_kind):
+    """Sorted blocks + prefix sums + searchsorted: the same loss and gradient as Huber on the
+    nearest-upsampled prediction at the label resolution, for predictions inside, across and
+    outside each block's labels, labels with ties, and blocks far from zero."""
+    generator = torch.Generator().manual_seed(1)
+    n, k = 3, 8
+    labels = torch.randn(n, H * k, W * k, generator=generator) * 2
+    if labels_kind == "ties":  # 8-bit steps: many equal labels, some on the bounds
+        labels = (labels * 4).round() / 4
+    if labels_kind == "offset":
+        labels = labels + 50.0
+    output = (torch.randn(n, H * W, 1, generator=generator) * 3).requires_grad_()
+    if labels_kind == "offset":
+        output = (output.detach() + 50.0).requires_grad_()
+    settings = ProbeSettings(loss="huber", huber_delta=delta)
+    assert settings.resolution("continuous") == "native"
+    reference_settings = ProbeSettings(loss="huber", huber_delta=delta, loss_resolution="label")
+    sorted_blocks = loss_targets("continuous", settings, labels, 0.0, 1.0, H, W)
+    assert isinstance(sorted_blocks, SortedBlocks)
+    exact = probe_loss("continuous", settings, output, sorted_blocks, H, W)
+    reference = probe_loss("continuous", reference_settings, output, labels, H, W)
+    (exact_grad,) = torch.autograd.grad(exact, output)
+    (reference_grad,) = torch.autograd.grad(reference, output)
+    torch.testing.assert_close(exact, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(exact_grad, reference_grad, rtol=1e-4, atol=1e-8)
+    # Indexing by image keeps each image's blocks: the loss of a subset is the subset's.
+    subset = torch.tensor([2, 0])
+    part = probe_loss(
+        "continuous", settings, output[subset], sorted_blocks.index_select(0, subset), H, W
+    )
+    part_reference = probe_loss(
+        "continuous", reference_settings, output[subset], labels[subset], H, W
+    )
+    torch.testing.assert_close(part, part_reference, rtol=1e-5, atol=1e-6)
+
+
+def test_huber_training_at_the_token_grid_equals_the_label_resolution_one():
+    x, labels, _ = synthetic(12, seed=5)
+    labels = labels + torch.randn(labels.shape, generator=torch.Generator().manual_seed(0))
+    probes = {}
+    for resolution in ("native", "label"):
+        settings = ProbeSettings(epochs=5, lr=0.05, loss_resolution=resolution)
+        probes[resolution] = train_probe(
+            "continuous", settings, x[:8], labels[:8], x[8:], labels[8:], H, W
+        )
+    assert probes["native"].chosen_epoch == probes["label"].chosen_epoch
+    for native, label in zip(
+        probes["native"].probe.parameters(), probes["label"].probe.parameters(), strict=True
+    ):
+        torch.testing.assert_close(native, label, rtol=1e-4, atol=1e-5)
+    assert [r["val_loss"] for r in probes["native"].history] == pytest.approx(
+        [r["val_loss"] for r in probes["label"].history], rel=1e-5
+    )
 
 
 def test_checkpoint_selection_uses_validation_not_test():
@@ -148,7 +208,7 @@ def test_probes_trained_together_learn_what_each_learns_alone():
     train, val = slice(0, 20), slice(20, 25)
     tasks = {
         "saliency": ProbeSettings(epochs=6, lr=0.05),
-        "depth": ProbeSettings(epochs=6, lr=0.01),  # Huber at the label resolution
+        "depth": ProbeSettings(epochs=6, lr=0.01),  # Huber, exact at the token grid
         "shading": ProbeSettings(epochs=6, lr=0.05, loss="mse", target_scaling="none"),
         "slow": ProbeSettings(epochs=4, batch_images=3, loss="mse"),
     }

@@ -239,14 +239,25 @@ def probe(
     settings: dict[str, dict],
     weights_path: str,
     metrics_path: str,
+    device: str = "cpu",
 ) -> None:
+    """One probe cell; ``device``: ``probe.device`` of the config (auto, cpu or cuda)."""
     from .cell import Cell, run_cell
     from .dataset import read_manifest
     from .probes import ProbeSettings
 
     tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
     cell = Cell(source=source, half=half, layer=layer, step=step)
-    run_cell(read_manifest(manifest_path), cell, tasks, Path(weights_path), Path(metrics_path))
+    device = resolve_device(device)
+    log.info("probe cell %s on %s", cell, device)
+    run_cell(
+        read_manifest(manifest_path),
+        cell,
+        tasks,
+        Path(weights_path),
+        Path(metrics_path),
+        device,
+    )
 
 
 def aggregate(
