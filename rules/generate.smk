@@ -37,6 +37,7 @@ for rule_name, batch in image_rules("generate", PROMPT_KEYS):
             allow_download=ALLOW_DOWNLOAD,
             generation=CONFIG["generation"],
             controls=generation_controls(),
+            store=store_params(),
             prompt_encoding=CONFIG["prompts"]["encoding"],
         script:
             "../scripts/generate.py"

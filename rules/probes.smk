@@ -26,10 +26,13 @@ rule probe:
     conda:
         "../envs/probes.yaml"
     threads: 1
+    resources:
+        **probe_resources(CONFIG["probe"]["device"]),
     params:
         # The VAE and latent controls come from the guided trajectory, not one CFG half.
         half=lambda wildcards: half_of(wildcards.source, CONFIG["probe"]["cfg_half"]),
         settings=probe_settings(CONFIG),
+        device=CONFIG["probe"]["device"],
     script:
         "../scripts/probe.py"
 

@@ -20,6 +20,7 @@ import torch
 from . import controls
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, find_attn1_modules, select_layers
+from .reads import Selection
 from .storage import HALVES, ActivationWriter, array_path, create_store
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,22 @@ class GenerationSettings:
     permuted_layers: tuple[str, ...] | None = None
     permutation_seed: int = 0
     vae_latent: str | None = None
+    # What is written (``reads.store_plan`` as plain dicts): per source, its layers and steps.
+    # None: every layer at every step.
+    store: dict | None = None
+
+
+def stored_cells(
+    settings: GenerationSettings, source: str, layers: list, n_calls: int
+) -> tuple[list, list[int]]:
+    """Which of a source's ``layers`` generation writes, and at which steps."""
+    if settings.store is None:
+        return layers, list(range(n_calls))
+    if source not in settings.store:
+        return [], []
+    selection = Selection.from_dict(settings.store[source])
+    names = set(selection.resolve_layers(layers))
+    return [layer for layer in layers if layer.name in names], selection.resolve_steps(n_calls)
 
 
 def initial_noise(seed: int, height: int, width: int, channels: int = 4):
@@ -271,17 +288,29 @@ def generate(
     cfg = settings.guidance_scale > 1.0
     if not cfg and "uncond" in settings.halves:
         raise ValueError("generation.cfg_half includes 'uncond' but guidance_scale <= 1 (no CFG)")
+    unet_layers, unet_steps = stored_cells(settings, UNET_SOURCE, layers, n_calls)
     arrays = {
         array_path(UNET_SOURCE, half, layer.name): (
             (n_calls, layer.height * layer.width, layer.channels),
             settings.activation_dtype,
         )
         for half in settings.halves
-        for layer in layers
+        for layer in unet_layers
     }
+    steps_of = dict.fromkeys(arrays, unet_steps)
     permuted_layers = []
     if settings.permuted_layers is not None:
         permuted_layers = select_layers(layers, list(settings.permuted_layers))
+        permuted_layers, permuted_steps = stored_cells(
+            settings, controls.PERMUTED, permuted_layers, n_calls
+        )
+        steps_of.update(
+            {
+                array_path(controls.PERMUTED, half, layer.name): permuted_steps
+                for half in settings.halves
+                for layer in permuted_layers
+            }
+        )
         arrays.update(
             {
                 array_path(controls.PERMUTED, half, layer.name): (
@@ -304,10 +333,9 @@ def generate(
                 "channels": channels,
             }
         ]
-        arrays[array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)] = (
-            (n_calls, latent_h * latent_w, channels),
-            settings.activation_dtype,
-        )
+        vae_path = array_path(controls.VAE, controls.GUIDED, controls.VAE_LAYER)
+        arrays[vae_path] = ((n_calls, latent_h * latent_w, channels), settings.activation_dtype)
+        steps_of[vae_path] = stored_cells(settings, controls.VAE, [], n_calls)[1]
     arrays["latents/xt"] = ((n_calls, 4, latent_h, latent_w), "float32")
     arrays["latents/x0"] = ((n_calls, 4, latent_h, latent_w), "float32")
 
@@ -316,11 +344,11 @@ def generate(
     log.info("generating seed %d, %d U-Net calls, %d layers", seed, n_calls, len(layers))
 
     with atomic_directory(store_path) as tmp_store:
-        group = create_store(tmp_store, arrays, settings.codec)
-        writer = ActivationWriter(group, settings.write_queue)
+        group = create_store(tmp_store, arrays, settings.codec, steps_of)
+        writer = ActivationWriter(group, settings.write_queue, steps_of)
         try:
             with StepRecorder(
-                pipe, layers, settings.halves, writer, settings.guidance_scale
+                pipe, unet_layers, settings.halves, writer, settings.guidance_scale
             ) as rec:
 
                 def report_progress(_pipe, step_index, timestep, callback_kwargs):

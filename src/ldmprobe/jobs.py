@@ -100,6 +100,7 @@ def generate(
     capture_activations: bool = True,
     controls: dict | None = None,
     prompt_encoding: str | None = None,
+    store: dict | None = None,
 ) -> None:
     """``images``: one dict per image with its ``prompt``, ``seed`` and output paths ``image``,
     ``previews``, ``store`` and ``meta``; the pipeline is loaded once for all of them.
@@ -107,7 +108,8 @@ def generate(
     ``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
     ``controls``: the enabled parts of the ``controls`` config section, the permuted U-Net's
     layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
-    table was decoded) goes into the image's metadata.
+    table was decoded) goes into the image's metadata. ``store``: per source, the layers and
+    steps to write (``reads.store_plan`` as dicts); None writes every layer at every step.
     """
     from .generation import GenerationSettings, permuted_unet
     from .generation import generate as run
@@ -135,6 +137,7 @@ def generate(
         halves=halves,
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
+        store=store,
         **control_settings(controls or {}),
     )
     permuted = None

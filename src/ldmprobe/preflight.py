@@ -5,6 +5,7 @@ output paths), never torch, because it runs at parse time.
 
 * :func:`check_consistency`: keys that are valid alone but not together (a labeler that does not
   exist or does not make that task's labels, a probed CFG half that generation does not store).
+* :func:`check_store`: every probe cell and control reads what ``generation.store`` keeps.
 * :func:`disk_preflight`: the bytes the run will still write, estimated from the U-Net's config
   (activations dominate), against the free space of the results filesystem.
 """
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .controls import PERMUTED, VAE
+from .layers import Layer, layer_name, select_layers
+from .reads import check_stored, store_plan
 
 CROSS_ATTENTION_BLOCK = "CrossAttn"  # the block types whose transformers hold an attn1 module
 MID_BLOCK_WITH_TRANSFORMER = "UNetMidBlock2DCrossAttn"
@@ -64,12 +68,23 @@ def check_consistency(config: dict) -> None:
         )
 
 
+def check_store(config: dict) -> None:
+    """Raise ConfigError when a reader asks for a layer or step ``generation.store`` leaves
+    out (``reads.check_stored``), from the U-Net's config.json; when the model is not on this
+    machine yet (the demo builds it), the probe grid makes the same check once the layer table
+    exists."""
+    unet_config = find_unet_config(config["models"]["diffusion"])
+    if unet_config is not None:
+        check_stored(config, *study_layers(config, json.loads(unet_config.read_text())))
+
+
 def _per_block(value, count: int) -> list[int]:
     return list(value) if isinstance(value, list | tuple) else [value] * count
 
 
-def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list[tuple]:
-    """(tokens, channels) of every self-attention layer, in execution order, from config.json.
+def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list[Layer]:
+    """Every self-attention layer, in execution order, from the U-Net's config.json: the
+    layer table ``layers.discover_layers`` finds in the model (tested equal), without torch.
 
     Mirrors how diffusers' UNet2DConditionModel builds its blocks: a cross-attention down block
     holds ``layers_per_block`` transformers, an up block one more, the mid block one; each
@@ -89,18 +104,29 @@ def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -
         height, width = sizes[-1]
         sizes.append((math.ceil(height / 2), math.ceil(width / 2)))
 
-    layers = []
+    # (block prefix, attentions, transformers each, grid, channels) in execution order.
+    blocks = []
     for i, block in enumerate(down):
         if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[i][0] * sizes[i][1]
-            layers += [(tokens, channels[i])] * (per_block[i] * depth[i])
+            blocks.append((f"down_blocks.{i}", per_block[i], depth[i], sizes[i], channels[i]))
     if unet_config.get("mid_block_type", MID_BLOCK_WITH_TRANSFORMER) == MID_BLOCK_WITH_TRANSFORMER:
-        layers += [(sizes[-1][0] * sizes[-1][1], channels[-1])] * depth[-1]
+        blocks.append(("mid_block", 1, depth[-1], sizes[-1], channels[-1]))
     for i, block in enumerate(up):
         level = n - 1 - i
         if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[level][0] * sizes[level][1]
-            layers += [(tokens, channels[level])] * ((per_block[level] + 1) * up_depth[i])
+            blocks.append(
+                (f"up_blocks.{i}", per_block[level] + 1, up_depth[i], sizes[level], channels[level])
+            )
+    layers = []
+    for prefix, attentions, transformers, (height, width), width_channels in blocks:
+        for attention in range(attentions):
+            for transformer in range(transformers):
+                path = f"{prefix}.attentions.{attention}.transformer_blocks.{transformer}.attn1"
+                name, block = layer_name(path)
+                index = attention * transformers + transformer
+                layers.append(
+                    Layer(name, path, block, index, len(layers), height, width, width_channels)
+                )
     return layers
 
 
@@ -113,7 +139,7 @@ def unet_calls(scheduler: str, steps: int) -> int:
 class ImageFootprint:
     """Bytes one image writes, uncompressed: an upper bound for the compressed files."""
 
-    activations: int  # float16, every layer, every U-Net call, every stored CFG half
+    activations: int  # the stored layers and steps, every stored CFG half, as the codec stores
     latents: int  # float32 x_t and x0 of every call
     pictures: int  # final image and previews as raw RGB (PNG never grows much past raw)
     labels_per_task: int  # float32 target and raw map of the image and of each x0 preview
@@ -123,21 +149,93 @@ class ImageFootprint:
         return self.activations + self.latents + self.pictures
 
 
-def image_footprint(unet_config: dict, generation: dict) -> ImageFootprint:
-    """What one generation job and one label job per task write, for the ``generation`` config."""
+@dataclass(frozen=True)
+class StoredArray:
+    """One activation array a store holds: its shape per step and how many steps it holds."""
+
+    tokens: int
+    channels: int
+    steps: int
+    per_half: bool  # one array per stored CFG half (the U-Net's) or one (the VAE's)
+
+
+def value_bytes(codec: dict, tokens: int, channels: int) -> float:
+    """Bytes per stored activation value, uncompressed, with its share of the scales."""
+    scheme = codec.get("quantise", "none")
+    if scheme == "int8-token":
+        return 1 + 4 / channels
+    if scheme == "int8-channel":
+        return 1 + 4 / tokens
+    return 2
+
+
+def stored_arrays(
+    config: dict, layers: list[Layer], n_calls: int, vae: tuple[int, int] | None
+) -> list[StoredArray]:
+    """The activation arrays generation writes for ``config`` (``generation.store``), from
+    the U-Net's layer table and the VAE control's (tokens, channels) when known."""
+    plan = store_plan(config)
+    permuted = config["controls"]["permuted_unet"]
+    arrays = []
+    for source, selection in plan.items():
+        steps = len(selection.resolve_steps(n_calls))
+        if source == VAE:
+            if vae is not None:
+                arrays.append(StoredArray(*vae, steps, per_half=False))
+            continue
+        chosen = set(selection.resolve_layers(layers))
+        if source == PERMUTED:
+            patterns = permuted["layers"] or config["probe"]["layers"]
+            chosen &= {layer.name for layer in select_layers(layers, patterns)}
+        arrays += [
+            StoredArray(layer.height * layer.width, layer.channels, steps, per_half=True)
+            for layer in layers
+            if layer.name in chosen
+        ]
+    return arrays
+
+
+def image_footprint(
+    unet_config: dict, generation: dict, arrays: list[StoredArray] | None = None
+) -> ImageFootprint:
+    """What one generation job and one label job per task write, for the ``generation`` config;
+    ``arrays``: the activation arrays stored (``stored_arrays``; default: every U-Net layer at
+    every step)."""
     height, width = generation["height"], generation["width"]
     latent_h, latent_w = height // LATENT_FACTOR, width // LATENT_FACTOR
     calls = unet_calls(generation["scheduler"], generation["steps"])
     halves = 2 if generation["cfg_half"] == "both" else 1
-    values_per_call = sum(t * c for t, c in attention_layers(unet_config, latent_h, latent_w))
+    if arrays is None:
+        arrays = [
+            StoredArray(layer.height * layer.width, layer.channels, calls, per_half=True)
+            for layer in attention_layers(unet_config, latent_h, latent_w)
+        ]
+    codec = generation.get("codec", {})
+    activations = sum(
+        array.tokens
+        * array.channels
+        * array.steps
+        * (halves if array.per_half else 1)
+        * value_bytes(codec, array.tokens, array.channels)
+        for array in arrays
+    )
     kinds = generation["previews"]
     labelled_previews = calls if "x0" in kinds else 0
     return ImageFootprint(
-        activations=values_per_call * calls * halves * 2,
+        activations=round(activations),
         latents=2 * calls * 4 * latent_h * latent_w * 4,
         pictures=(1 + calls * len(kinds)) * (height * width * 3 + FILE_OVERHEAD),
         labels_per_task=2 * (1 + labelled_previews) * height * width * 4 + FILE_OVERHEAD,
     )
+
+
+def study_layers(config: dict, unet_config: dict) -> tuple[list[Layer], int]:
+    """The U-Net's layer table at the configured size and its U-Net calls, from config.json."""
+    generation = config["generation"]
+    layers = attention_layers(
+        unet_config, generation["height"] // LATENT_FACTOR, generation["width"] // LATENT_FACTOR
+    )
+    return layers, unet_calls(generation["scheduler"], generation["steps"])
 
 
 def find_unet_config(model: dict) -> Path | None:
@@ -150,6 +248,17 @@ def find_unet_config(model: dict) -> Path | None:
         return None
     path = root / "unet" / "config.json"
     return path if path.is_file() else None
+
+
+def vae_shape(config: dict, unet_config: Path) -> tuple[int, int] | None:
+    """(tokens, channels) of the VAE control's array, from the VAE's config.json beside the
+    U-Net's; None when the control is off or the file is absent."""
+    path = unet_config.parent.parent / "vae" / "config.json"
+    if not config["controls"]["vae"]["enabled"] or not path.is_file():
+        return None
+    generation = config["generation"]
+    tokens = (generation["height"] // LATENT_FACTOR) * (generation["width"] // LATENT_FACTOR)
+    return tokens, json.loads(path.read_text())["block_out_channels"][-1]
 
 
 def human(n_bytes: float) -> str:
@@ -192,6 +301,16 @@ def check_free_space(results: str | Path, needed: int, factor: float, what: str)
     )
 
 
+def store_words(config: dict) -> str:
+    store = config["generation"]["store"]
+    return store if isinstance(store, str) else "explicit"
+
+
+def codec_words(codec: dict) -> str:
+    scheme = codec.get("quantise", "none")
+    return "float16" if scheme == "none" else scheme
+
+
 def disk_preflight(config: dict, stores: list[str], labels: list[str]) -> str:
     """Check the space for the stores and label files in these lists that do not exist yet.
 
@@ -206,13 +325,20 @@ def disk_preflight(config: dict, stores: list[str], labels: list[str]) -> str:
             "free space: not checked, the U-Net config of models.diffusion is not on this "
             "machine yet (this run builds or downloads it); the next run checks it"
         )
-    footprint = image_footprint(json.loads(unet_config.read_text()), config["generation"])
+    unet = json.loads(unet_config.read_text())
+    layers, n_calls = study_layers(config, unet)
+    footprint = image_footprint(
+        unet,
+        config["generation"],
+        stored_arrays(config, layers, n_calls, vae_shape(config, unet_config)),
+    )
     images = sum(not os.path.exists(path) for path in stores)
     label_files = sum(not os.path.exists(path) for path in labels)
     needed = images * footprint.generation + label_files * footprint.labels_per_task
     what = (
         f"{images} images x {human(footprint.generation)}, of which activations "
-        f"{human(footprint.activations)}, and {label_files} label files x "
+        f"{human(footprint.activations)} (generation.store: {store_words(config)}, "
+        f"{codec_words(config['generation']['codec'])}), and {label_files} label files x "
         f"{human(footprint.labels_per_task)}, uncompressed"
     )
     return check_free_space(config["results"], needed, settings["free_space_factor"], what)
