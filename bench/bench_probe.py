@@ -1,5 +1,10 @@
-"""Item 2, a probe-grid cell vs its I/O floor: the probe job (all tasks) vs only reading the
-cell's activations from the image stores, and the peak memory of each vs the cell's fp16 bytes.
+"""Item 2, a probe-grid cell vs its honest floor: the probe job (all tasks) vs the larger of
+reading the cell's activations from the image stores once and the epochs' matrix products
+alone, and the peak memory of each vs the cell's fp16 bytes.
+
+The products floor: the train split as float32 in memory, every epoch's batches (contiguous
+slices, no gather) through the stacked heads of all tasks (4 outputs), forward and the
+weight gradient, nothing else: what any gradient-trained probe must compute.
 
 One cell per layer size. Two kinds of stores:
 
@@ -175,8 +180,33 @@ def write_manifest(work: Path, stores: list[str], labels: dict) -> Path:
     return path
 
 
-def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, profile: bool):
-    """One measurement in a fresh process: the cell's read alone, or the whole probe job."""
+# Outputs of the task heads trained together: saliency's two logits, depth's and shading's one.
+HEAD_OUTPUTS = 4
+
+
+def matrix_products(train_x, epochs: int, batch_images: int) -> None:
+    """The epochs' forward and weight-gradient products of the stacked heads, on ``train_x``."""
+    import torch
+
+    weight = torch.zeros(HEAD_OUTPUTS, train_x.shape[-1])
+    for _ in range(epochs):
+        for start in range(0, train_x.shape[0], batch_images):
+            batch = train_x[start : start + batch_images].reshape(-1, train_x.shape[-1])
+            output = batch @ weight.T
+            (output.T @ batch).sum()
+
+
+def worker(
+    kind: str,
+    manifest: str,
+    layer: str,
+    out_dir: str,
+    epochs: int,
+    profile: bool,
+    device: str = "cpu",
+):
+    """One measurement in a fresh process: the cell's read alone, its matrix products alone,
+    or the whole probe job."""
     import torch
 
     from ldmprobe.cell import Cell, load_activations
@@ -192,6 +222,12 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
         profiler.enable()
     if kind == "read":
         load_activations(read_manifest(manifest), Cell("unet", "cond", layer, 0))
+    elif kind == "products":
+        table = read_manifest(manifest)
+        rows = np.flatnonzero(table["split"].to_numpy() == "train")
+        train_x, _ = load_activations(table, Cell("unet", "cond", layer, 0), rows, torch.float32)
+        baseline, start = rss_bytes(), time.perf_counter()
+        matrix_products(train_x, epochs, PROBE_DEFAULTS["batch_images"])
     else:
         probe(
             manifest,
@@ -202,6 +238,7 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
             settings,
             f"{out_dir}/probe.safetensors",
             f"{out_dir}/metrics.csv",
+            device,
         )
     if profiler:
         profiler.disable()
@@ -225,23 +262,38 @@ def in_fresh_process(*args):
 
 
 def measure_cell(
-    manifest: Path, layer: str, work: Path, epochs: int, profile: bool, read_again: bool
+    manifest: Path,
+    layer: str,
+    work: Path,
+    epochs: int,
+    profile: bool,
+    read_again: bool,
+    device: str = "cpu",
 ) -> dict:
+    """Read, products, train (and read and products again), interleaved, each in a fresh
+    process; the floor is the larger of the read's and the products' medians."""
     out = work / "probe" / layer
     out.mkdir(parents=True, exist_ok=True)
-    reads = [in_fresh_process("read", str(manifest), layer, str(out), epochs, False)]
-    train = in_fresh_process("train", str(manifest), layer, str(out), epochs, False)
+    args = (str(manifest), layer, str(out), epochs)
+    reads = [in_fresh_process("read", *args, False)]
+    products = [in_fresh_process("products", *args, False)]
+    train = in_fresh_process("train", *args, False, device)
     if read_again:
-        reads.append(in_fresh_process("read", str(manifest), layer, str(out), epochs, False))
+        reads.append(in_fresh_process("read", *args, False))
+        products.append(in_fresh_process("products", *args, False))
     results = {
+        "device": device,
         "read_s": [round(r["wall_s"], 3) for r in reads],
+        "products_s": [round(r["wall_s"], 3) for r in products],
         "train_s": round(train["wall_s"], 3),
         "read_peak_rss_bytes": max(r["peak_rss"] - r["baseline_rss"] for r in reads),
         "train_peak_rss_bytes": train["peak_rss"] - train["baseline_rss"],
     }
+    results["floor_s"] = max(median(results["read_s"]), median(results["products_s"]))
     results["time_ratio"] = results["train_s"] / median(results["read_s"])
+    results["floor_ratio"] = results["train_s"] / results["floor_s"]
     if profile:
-        profiled = in_fresh_process("train", str(manifest), layer, str(out), epochs, True)
+        profiled = in_fresh_process("train", *args, True, device)
         results["profile_top"] = profiled["profile_top"]
     return results
 
@@ -258,6 +310,7 @@ def main(argv=None) -> None:
         "--layers", nargs="+", help=f"only these cells (default: {[n for n, *_ in SD_SIZES]})"
     )
     args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
+    args.add_argument("--device", default="cpu", help="probe.device of the probe job")
     options = args.parse_args(argv)
     if options.tiny:
         options.images, options.label_size, options.previews, options.epochs = 10, 64, 2, 2
@@ -292,7 +345,13 @@ def main(argv=None) -> None:
             manifest = write_manifest(source_dir, stores, labels)
             for name, height, width, channels in cells:
                 results = measure_cell(
-                    manifest, name, source_dir, options.epochs, options.profile, not options.tiny
+                    manifest,
+                    name,
+                    source_dir,
+                    options.epochs,
+                    options.profile,
+                    not options.tiny,
+                    options.device,
                 )
                 fp16 = options.images * height * width * channels * 2
                 results.update(
@@ -313,7 +372,8 @@ def main(argv=None) -> None:
                     "codec": codec,
                     "tiny": options.tiny,
                 }
-                record(options.results_dir, "probe_cell", "cpu", config, results)
+                device = "cpu" if options.device == "cpu" else "cuda"
+                record(options.results_dir, "probe_cell", device, config, results)
 
 
 if __name__ == "__main__":

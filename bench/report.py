@@ -96,38 +96,159 @@ def dump_rows(records, machines):
 
 
 def probe_rows(records, machines):
+    """Rows measured against the honest floor (read once vs the epochs' products); older rows
+    measured against the read alone show a dash there."""
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
+        floor = "products_s" in x
         rows.append(
             [
                 machines.ref(r),
                 load_text(r),
                 c["source"],
                 f"{c['layer']} ({c['tokens']}x{c['channels']})",
+                x.get("device", "cpu"),
                 c["images"],
                 c["epochs"],
                 " ".join(f"{s:.2f}" for s in x["read_s"]),
-                f"{x['train_s']:.1f}",
-                f"**{x['time_ratio']:.1f}**",
+                " ".join(f"{s:.2f}" for s in x["products_s"]) if floor else "-",
+                f"{x['train_s']:.2f}",
+                f"{x['time_ratio']:.1f}",
+                f"**{x['floor_ratio']:.1f}**" if floor else "-",
                 mib(x["cell_fp16_bytes"]),
                 f"{mib(x['train_peak_rss_bytes'])} ({x['train_memory_ratio']:.1f}x)",
                 f"{mib(x['read_peak_rss_bytes'])} ({x['read_memory_ratio']:.1f}x)",
             ]
         )
+    if not any(r["results"].get("device", "cpu") != "cpu" for r in records):
+        rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", *[""] * 12])
     header = [
         "machine",
         "load",
         "stores",
         "layer (tokens x channels)",
+        "device",
         "images",
         "epochs",
         "read s",
+        "products s",
         "train s (3 tasks)",
         "train / read",
+        "train / floor",
         "cell fp16 MiB",
         "train peak MiB (x fp16)",
         "read peak MiB (x fp16)",
+    ]
+    return table(header, rows)
+
+
+def codec_name(codec: dict) -> str:
+    name = codec["name"] + (f" {codec['level']}" if "level" in codec else "")
+    quantise = codec.get("quantise", "none")
+    return name if quantise == "none" else f"{quantise} + {name}"
+
+
+def store_set_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        steps = c["read"]["unet"]["steps"]
+        rows.append(
+            [
+                machines.ref(r),
+                f"{c['model']}, {c['size']} px, {c['steps']} steps",
+                codec_name(c["codec"]),
+                f"{steps} and the controls",
+                c["images"],
+                f"{x['all_bytes_per_image'] / 1e6:.2f}",
+                f"{x['read_bytes_per_image'] / 1e6:.2f}",
+                f"**{x['ratio']:.2f}x**",
+            ]
+        )
+    header = [
+        "machine",
+        "model",
+        "codec",
+        "read: U-Net steps",
+        "images",
+        "all: MB/image",
+        "read: MB/image",
+        "all / read",
+    ]
+    return table(header, rows)
+
+
+def codec_metric_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                f"{c['model']}, {c['size']} px, {c['steps']} steps",
+                codec_name(c["codec"]),
+                c["images"],
+                f"{x['baseline_bytes_per_image'] / 1e6:.3f}",
+                f"{x['bytes_per_image'] / 1e6:.3f}",
+                f"**{x['smaller']:.2f}x**",
+                len({(cell["layer"], cell["step"]) for cell in x["cells"]}),
+                f"**{x['max_abs_delta']:.4f}**",
+                f"{x['max_image_delta']:.4f}",
+                f"{x['max_val_loss_rel_change']:.1e}",
+                f"{x['max_output_rel_change']:.1e}",
+            ]
+        )
+    header = [
+        "machine",
+        "model",
+        "codec",
+        "images",
+        "float16 + blosc-zstd 3: activation MB/image",
+        "8-bit: activation MB/image",
+        "smaller",
+        "cells",
+        "max over cells and metrics of abs(change of the mean)",
+        "max change of one image's metric",
+        "max relative change of a validation loss",
+        "max relative change of the probe outputs",
+    ]
+    return table(header, rows)
+
+
+def codec_cell_rows(records, machines):
+    """Every (layer, step) of the latest record of each codec: the change of each metric."""
+    latest = {}
+    for r in records:
+        latest[codec_name(r["config"]["codec"])] = r
+    metrics = ["saliency dice", "depth spearman", "depth pearson", "depth rmse"]
+    rows = []
+    for name, r in latest.items():
+        changes = {}
+        for cell in r["results"]["cells"]:
+            key = (cell["layer"], cell["step"])
+            changes.setdefault(key, {})[f"{cell['task']} {cell['metric']}"] = cell
+        for (layer, step), values in changes.items():
+            rows.append(
+                [
+                    name,
+                    layer,
+                    step,
+                    *[
+                        f"{values[m]['float16']:.3f} {values[m]['delta']:+.4f}"
+                        if m in values
+                        else ""
+                        for m in metrics
+                    ],
+                    f"{max(v['output_rel_change'] for v in values.values()):.1e}",
+                ]
+            )
+    header = [
+        "codec",
+        "layer",
+        "step",
+        *[f"{m}: float16, change" for m in metrics],
+        "probe outputs: relative change",
     ]
     return table(header, rows)
 
@@ -136,7 +257,7 @@ def storage_rows(records, machines):
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
-        codec = c["codec"]["name"] + (f" {c['codec']['level']}" if "level" in c["codec"] else "")
+        codec = codec_name(c["codec"])
         rows.append(
             [
                 machines.ref(r),
@@ -295,10 +416,16 @@ def cluster_rows(records, machines):
     return table(header, rows)
 
 
+# Tables rendered from another benchmark's records.
+CELLS_OF = {"codec_cells": "codec_metrics"}
+
 RENDERERS = {
     "dump_overhead": dump_rows,
     "probe_cell": probe_rows,
     "storage": storage_rows,
+    "store_set": store_set_rows,
+    "codec_metrics": codec_metric_rows,
+    "codec_cells": codec_cell_rows,
     "dag_scale": dag_rows,
     "demo_end_to_end": demo_rows,
     "unet_calls": calls_rows,
@@ -311,7 +438,7 @@ def render_tables(records: list[dict]) -> dict[str, str]:
     machines = Machines()
     kept = [r for r in records if not r["config"].get("tiny")]
     tables = {
-        name: render([r for r in kept if r["bench"] == name], machines)
+        name: render([r for r in kept if r["bench"] == CELLS_OF.get(name, name)], machines)
         for name, render in RENDERERS.items()
     }
     tables["machines"] = machines.legend()

@@ -36,7 +36,7 @@ def test_round_trip_per_step_chunks(tmp_path, codec):
     ("scheme", "scale_shape"), [("int8-token", (3, 64, 1)), ("int8-channel", (3, 1, 32))]
 )
 def test_8bit_values_are_dequantised_on_read(tmp_path, scheme, scale_shape):
-    """8-bit values and their float32 scales beside them; read_chunk returns float16 within
+    """8-bit values and their float16 scales beside them; read_chunk returns float16 within
     half a quantisation step of the original, per token or per channel, outliers included."""
     generator = np.random.default_rng(1)
     values = generator.standard_normal((3, 64, 32)).astype(np.float16)
@@ -49,6 +49,7 @@ def test_8bit_values_are_dequantised_on_read(tmp_path, scheme, scale_shape):
     for step in range(3):
         write_chunk(group, "a", step, values[step])
     assert group["a"].dtype == np.int8 and group["b"].dtype == np.float32
+    assert group["scales/a"].dtype == np.float16
     assert group["scales/a"].shape == scale_shape
     reopened = open_store(path)
     axis = -1 if scheme == "int8-token" else 0

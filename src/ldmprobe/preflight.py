@@ -163,9 +163,9 @@ def value_bytes(codec: dict, tokens: int, channels: int) -> float:
     """Bytes per stored activation value, uncompressed, with its share of the scales."""
     scheme = codec.get("quantise", "none")
     if scheme == "int8-token":
-        return 1 + 4 / channels
+        return 1 + 2 / channels
     if scheme == "int8-channel":
-        return 1 + 4 / tokens
+        return 1 + 2 / tokens
     return 2
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -73,12 +73,14 @@ class SortedBlocks:
     """Each token's k x k label block for the exact Huber loss at the token grid: the block's
     mean, its values less the mean sorted ascending, and prefix sums of those values and of
     their squares (a leading zero each). Centring keeps the prefix-sum differences accurate in
-    float32. Indexable along images like the label tensor it replaces."""
+    float32. Indexable along images like the label tensor it replaces; indexing only records
+    which images (``images``), so a batch copies nothing."""
 
     mean: torch.Tensor  # [n, h*w]
     values: torch.Tensor  # [n, h*w, k*k]
     sums: torch.Tensor  # [n, h*w, k*k + 1]
     squares: torch.Tensor  # [n, h*w, k*k + 1]
+    images: torch.Tensor | None = None  # the selected images, in order; None: all
 
     @classmethod
     def of(cls, labels: torch.Tensor, height: int, width: int, chunk: int = 16):
@@ -96,43 +98,62 @@ class SortedBlocks:
             parts.append((mean, values, sums, squares))
         return cls(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
 
-    def index_select(self, dim: int, index: torch.Tensor) -> SortedBlocks:
-        return SortedBlocks(*(t.index_select(dim, index) for t in self._tensors()))
+    def selected(self) -> torch.Tensor:
+        if self.images is not None:
+            return self.images
+        return torch.arange(self.mean.shape[0], device=self.mean.device)
 
-    def __getitem__(self, part) -> SortedBlocks:
-        return SortedBlocks(*(t[part] for t in self._tensors()))
+    def index_select(self, dim: int, index: torch.Tensor) -> SortedBlocks:
+        if dim != 0:
+            raise ValueError("SortedBlocks are indexed along images (dim 0) only")
+        return replace(self, images=self.selected().index_select(0, index.to(self.mean.device)))
+
+    def __getitem__(self, part: slice) -> SortedBlocks:
+        return replace(self, images=self.selected()[part])
+
+    def __len__(self) -> int:
+        return len(self.selected())
 
     def to(self, device) -> SortedBlocks:
-        return SortedBlocks(*(t.to(device) for t in self._tensors()))
-
-    def _tensors(self):
-        return self.mean, self.values, self.sums, self.squares
+        moved = [t.to(device) for t in (self.mean, self.values, self.sums, self.squares)]
+        images = None if self.images is None else self.images.to(device)
+        return SortedBlocks(*moved, images=images)
 
 
 def block_huber(prediction: torch.Tensor, target: SortedBlocks, delta: float) -> torch.Tensor:
     """Mean Huber loss of each token's prediction [n, h*w] against every label of its block:
-    equal to the loss of the nearest-upsampled prediction at the label resolution."""
-    centred = prediction - target.mean
+    equal to the loss of the nearest-upsampled prediction at the label resolution. One image
+    at a time, on views of the per-cell tensors (no copy of the selected blocks)."""
     size = target.values.shape[-1]
+    total = prediction.new_zeros(())
+    for position, image in enumerate(target.selected().tolist()):
+        total = total + _block_huber_sum(
+            prediction[position] - target.mean[image],
+            target.values[image],
+            target.sums[image],
+            target.squares[image],
+            delta,
+        )
+    return total / (prediction.numel() * size)
+
+
+def _block_huber_sum(centred, values, sums, squares, delta: float) -> torch.Tensor:
+    """Summed Huber loss of one image's tokens (predictions less their block's mean)."""
+    size = values.shape[-1]
     # Labels below centred - delta (residual > delta: linear), above centred + delta (linear),
     # between (quadratic). A label exactly on a bound costs the same either way.
     bounds = torch.stack([centred - delta, centred + delta], -1).detach().contiguous()
-    index = torch.searchsorted(target.values, bounds)
-    sums = target.sums.gather(-1, index)
-    squares = target.squares.gather(-1, index)
+    index = torch.searchsorted(values, bounds)
+    at = sums.gather(-1, index)
+    squared = squares.gather(-1, index)
     low, high = index[..., 0].to(centred.dtype), index[..., 1].to(centred.dtype)
-    below = delta * (low * centred - sums[..., 0]) - 0.5 * delta**2 * low
+    below = delta * (low * centred - at[..., 0]) - 0.5 * delta**2 * low
     above_count = size - high
-    above = (
-        delta * (target.sums[..., -1] - sums[..., 1] - above_count * centred)
-        - 0.5 * delta**2 * above_count
-    )
-    between = 0.5 * (
-        (high - low) * centred**2
-        - 2 * centred * (sums[..., 1] - sums[..., 0])
-        + (squares[..., 1] - squares[..., 0])
-    )
-    return (below + above + between).sum() / (centred.numel() * size)
+    above = delta * (sums[..., -1] - at[..., 1] - above_count * centred)
+    above = above - 0.5 * delta**2 * above_count
+    between = (high - low) * centred * centred - 2 * centred * (at[..., 1] - at[..., 0])
+    between = 0.5 * (between + squared[..., 1] - squared[..., 0])
+    return (below + above + between).sum()
 
 
 class Adam:

@@ -8,7 +8,7 @@ chunks are absent, and the array's ``stored_steps`` attribute lists the ones tha
 
 Activations are float16, or 8-bit with ``generation.codec.quantise`` (``int8-token``: one
 scale per token, ``int8-channel``: one per channel, each the absolute maximum / 127, symmetric):
-the int8 values under the array's own path, the float32 scales beside them under
+the int8 values under the array's own path, the float16 scales beside them under
 ``scales/<path>``, chunked per step alike. ``write_chunk`` quantises and ``read_chunk``
 dequantises (to float16): the only two places that know.
 """
@@ -42,18 +42,21 @@ def scales_path(path: str) -> str:
 
 
 def quantise(values: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray]:
-    """[tokens, channels] -> int8 values and float32 scales ([tokens, 1] or [1, channels])."""
+    """[tokens, channels] -> int8 values and float16 scales ([tokens, 1] or [1, channels]).
+
+    The scales are float16 (their 11-bit precision is far finer than an 8-bit step) and the
+    values are rounded against the stored, rounded scale."""
     axis = QUANTISERS[scheme]
     values = values.astype(np.float32)
-    scale = np.abs(values).max(axis=axis, keepdims=True) / INT8_MAX
+    scale = (np.abs(values).max(axis=axis, keepdims=True) / INT8_MAX).astype(np.float16)
     # An all-zero token or channel: any scale reproduces it; 1 avoids dividing by zero.
     scale[scale == 0] = 1.0
-    quantised = np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return quantised, scale.astype(np.float32)
+    quantised = np.rint(values / scale.astype(np.float32))
+    return np.clip(quantised, -INT8_MAX, INT8_MAX).astype(np.int8), scale
 
 
 def dequantise(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return (values.astype(np.float32) * scale).astype(np.float16)
+    return (values.astype(np.float32) * scale.astype(np.float32)).astype(np.float16)
 
 
 def make_codecs(codec: dict, typesize: int = 2) -> dict:
@@ -188,8 +191,8 @@ def create_store(
             scales_path(name),
             shape=tuple(scale_shape),
             chunks=(1, *scale_shape[1:]),
-            dtype="float32",
-            **make_codecs(codec, 4),
+            dtype="float16",
+            **make_codecs(codec, 2),
         )
     return group
 
