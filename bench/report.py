@@ -270,6 +270,7 @@ def storage_rows(records, machines):
                 f"**{x['compression_ratio']:.3f}**",
                 f"{x['write_mb_per_s']:.0f}",
                 f"{x['read_mb_per_s']:.0f}",
+                f"{x['relative_rms_error']:.1e}" if "relative_rms_error" in x else "",
             ]
         )
     header = [
@@ -283,6 +284,7 @@ def storage_rows(records, machines):
         "raw / stored",
         "write MB/s",
         "read MB/s",
+        "relative RMS error",
     ]
     return table(header, rows)
 

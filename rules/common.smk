@@ -92,7 +92,9 @@ except ConfigError as error:
 def store_params():
     """What the generate jobs write (generation.store resolved against the readers: the
     probe grid and the controls): a param, so that a change reruns generation."""
-    return {source: selection.to_dict() for source, selection in store_plan(CONFIG).items()}
+    return {
+        source: selection.to_dict() for source, selection in store_plan(CONFIG).items()
+    }
 
 
 def model_input(model):
@@ -126,7 +128,8 @@ def gpu_resources(device, batch):
 
 def probe_resources(device):
     """A probe cell's job: on the GPU partition with one GPU for probe.device auto or cuda,
-    else on the CPU (gpu 0). Memory, runtime and threads: the profiles' settings for `probe`."""
+    else on the CPU (gpu 0). Memory, runtime and threads: the profiles' settings for `probe`.
+    """
     if device == "cpu":
         return {"gpu": 0}
     resources = {"gpu": 1, "slurm_partition": GPU_PARTITION}

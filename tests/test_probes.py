@@ -103,9 +103,7 @@ def test_huber_at_label_resolution_matches_interpolated_reference():
         output.reshape(2, H, W, 1).permute(0, 3, 1, 2), scale_factor=K, mode="nearest"
     )[:, 0]
     reference = torch.nn.functional.huber_loss(upsampled, labels)
-    ours = probe_loss(
-        "continuous", ProbeSettings(loss_resolution="label"), output, labels, H, W
-    )
+    ours = probe_loss("continuous", ProbeSettings(loss_resolution="label"), output, labels, H, W)
     assert torch.allclose(ours, reference, atol=1e-6)
 
 
@@ -235,3 +233,42 @@ def test_probes_trained_together_learn_what_each_learns_alone():
         assert [r["val_loss"] for r in together[name].history] == pytest.approx(
             [r["val_loss"] for r in alone.history], rel=1e-5
         )
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="no CUDA device on this machine"
+            ),
+        ),
+    ],
+)
+def test_probes_train_where_the_activations_are(device):
+    """probe.device: the activations' device is where labels, probes, Adam and the losses
+    live. On CUDA the probes equal the CPU's within rtol 1e-4, atol 1e-5 (the order of
+    floating-point sums differs); the batches are drawn on the CPU, so they are the same."""
+    x, labels, _ = synthetic(16, seed=6)
+    masks = (labels > 0).float()
+    problems = {
+        "saliency": ProbeTask("binary", ProbeSettings(epochs=4, lr=0.05), masks[:10], masks[10:12]),
+        "depth": ProbeTask(
+            "continuous", ProbeSettings(epochs=4, lr=0.05), labels[:10], labels[10:12]
+        ),
+    }
+    on_cpu = train_probes(problems, x[:10], x[10:12], H, W)
+    on_device = train_probes(problems, x[:10].to(device), x[10:12].to(device), H, W)
+    for name, trained in on_device.items():
+        assert all(p.device.type == device for p in trained.probe.parameters())
+        assert trained.chosen_epoch == on_cpu[name].chosen_epoch
+        for mine, reference in zip(
+            trained.probe.parameters(), on_cpu[name].probe.parameters(), strict=True
+        ):
+            torch.testing.assert_close(mine.cpu(), reference, rtol=1e-4, atol=1e-5)
+        scores = evaluate(trained, x[12:].to(device), labels[12:].numpy(), H, W)
+        reference_scores = evaluate(on_cpu[name], x[12:], labels[12:].numpy(), H, W)
+        for mine, theirs in zip(scores, reference_scores, strict=True):
+            assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)
