@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import median, parser, peak_rss_bytes, record, rss_bytes
+from benchlib import median, parser, peak_rss_bytes, record, rss_bytes, synchronise
 
 # (layer name, token grid side, channels) of SD v1.x at 512 px, one per layer size.
 SD_SIZES = [("down0.0", 64, 320), ("down1.0", 32, 640), ("down2.0", 16, 1280), ("mid.0", 8, 1280)]
@@ -188,7 +188,7 @@ def matrix_products(train_x, epochs: int, batch_images: int) -> None:
     """The epochs' forward and weight-gradient products of the stacked heads, on ``train_x``."""
     import torch
 
-    weight = torch.zeros(HEAD_OUTPUTS, train_x.shape[-1])
+    weight = torch.zeros(HEAD_OUTPUTS, train_x.shape[-1], device=train_x.device)
     for _ in range(epochs):
         for start in range(0, train_x.shape[0], batch_images):
             batch = train_x[start : start + batch_images].reshape(-1, train_x.shape[-1])
@@ -211,7 +211,7 @@ def worker(
 
     from ldmprobe.cell import Cell, load_activations
     from ldmprobe.dataset import read_manifest
-    from ldmprobe.jobs import probe
+    from ldmprobe.jobs import probe, resolve_device
 
     torch.set_num_threads(1)
     settings = {task: {**values, "epochs": epochs} for task, values in TASK_SETTINGS.items()}
@@ -226,8 +226,12 @@ def worker(
         table = read_manifest(manifest)
         rows = np.flatnonzero(table["split"].to_numpy() == "train")
         train_x, _ = load_activations(table, Cell("unet", "cond", layer, 0), rows, torch.float32)
+        # On a GPU the products run there, on the tensor moved there once (as the probe job).
+        train_x = train_x.to(resolve_device(device))
+        synchronise(str(train_x.device))
         baseline, start = rss_bytes(), time.perf_counter()
         matrix_products(train_x, epochs, PROBE_DEFAULTS["batch_images"])
+        synchronise(str(train_x.device))
     else:
         probe(
             manifest,
@@ -255,6 +259,53 @@ def worker(
     return result
 
 
+def compare_huber(manifest: Path, layer: str, epochs: int, reps: int) -> dict:
+    """The cell's training alone (``train_probes``, all tasks, data in memory), with Huber at
+    the label resolution (the reference's form) and exact at the token grid (sorted blocks),
+    interleaved in one process; the cross-entropy task is the same in both."""
+    import torch
+
+    from ldmprobe.cell import Cell, load_activations
+    from ldmprobe.dataset import read_manifest
+    from ldmprobe.labels import TASKS, load_label
+    from ldmprobe.probes import ProbeSettings, ProbeTask, train_probes
+
+    torch.set_num_threads(1)
+    table = read_manifest(str(manifest))
+    split = table["split"].to_numpy()
+    rows = {part: np.flatnonzero(split == part) for part in ("train", "val")}
+    cell = Cell("unet", "cond", layer, 0)
+    train_x, (height, width) = load_activations(table, cell, rows["train"], torch.float32)
+    val_x, _ = load_activations(table, cell, rows["val"])
+
+    def labels(task, part):
+        paths = table[f"label_{task}"].to_numpy()[rows[part]]
+        return torch.from_numpy(
+            np.stack([load_label(p, keys=("target",))["target"] for p in paths])
+        )
+
+    seconds = {"label": [], "native": []}
+    for _ in range(reps):
+        for resolution in seconds:
+            tasks = {
+                task: ProbeTask(
+                    TASKS[task].kind,
+                    ProbeSettings(**{**values, "epochs": epochs, "loss_resolution": resolution}),
+                    labels(task, "train"),
+                    labels(task, "val"),
+                )
+                for task, values in TASK_SETTINGS.items()
+            }
+            start = time.perf_counter()
+            train_probes(tasks, train_x, val_x, height, width)
+            seconds[resolution].append(round(time.perf_counter() - start, 3))
+    return {
+        "label_s": seconds["label"],
+        "native_s": seconds["native"],
+        "speedup": median(seconds["label"]) / median(seconds["native"]),
+    }
+
+
 def in_fresh_process(*args):
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -276,11 +327,11 @@ def measure_cell(
     out.mkdir(parents=True, exist_ok=True)
     args = (str(manifest), layer, str(out), epochs)
     reads = [in_fresh_process("read", *args, False)]
-    products = [in_fresh_process("products", *args, False)]
+    products = [in_fresh_process("products", *args, False, device)]
     train = in_fresh_process("train", *args, False, device)
     if read_again:
         reads.append(in_fresh_process("read", *args, False))
-        products.append(in_fresh_process("products", *args, False))
+        products.append(in_fresh_process("products", *args, False, device))
     results = {
         "device": device,
         "read_s": [round(r["wall_s"], 3) for r in reads],
@@ -311,6 +362,11 @@ def main(argv=None) -> None:
     )
     args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
     args.add_argument("--device", default="cpu", help="probe.device of the probe job")
+    args.add_argument(
+        "--compare-huber",
+        action="store_true",
+        help="only compare training with Huber at the label resolution and at the token grid",
+    )
     options = args.parse_args(argv)
     if options.tiny:
         options.images, options.label_size, options.previews, options.epochs = 10, 64, 2, 2
@@ -344,6 +400,22 @@ def main(argv=None) -> None:
                 ]
             manifest = write_manifest(source_dir, stores, labels)
             for name, height, width, channels in cells:
+                if options.compare_huber:
+                    config = {
+                        "source": source,
+                        "layer": name,
+                        "tokens": height * width,
+                        "channels": channels,
+                        "images": options.images,
+                        "epochs": options.epochs,
+                        "label_size": options.label_size,
+                        "tiny": options.tiny,
+                    }
+                    results = compare_huber(
+                        manifest, name, options.epochs, 1 if options.tiny else 2
+                    )
+                    record(options.results_dir, "probe_huber", "cpu", config, results)
+                    continue
                 results = measure_cell(
                     manifest,
                     name,

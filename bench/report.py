@@ -143,6 +143,35 @@ def probe_rows(records, machines):
     return table(header, rows)
 
 
+def huber_rows(records, machines):
+    rows = [
+        [
+            machines.ref(r),
+            load_text(r),
+            r["config"]["source"],
+            f"{r['config']['layer']} ({r['config']['tokens']}x{r['config']['channels']})",
+            r["config"]["images"],
+            r["config"]["epochs"],
+            " ".join(f"{v:.2f}" for v in r["results"]["label_s"]),
+            " ".join(f"{v:.2f}" for v in r["results"]["native_s"]),
+            f"**{r['results']['speedup']:.1f}x**",
+        ]
+        for r in records
+    ]
+    header = [
+        "machine",
+        "load",
+        "stores",
+        "layer (tokens x channels)",
+        "images",
+        "epochs",
+        "Huber at label resolution: training s",
+        "Huber exact at the token grid: training s",
+        "faster",
+    ]
+    return table(header, rows)
+
+
 def codec_name(codec: dict) -> str:
     name = codec["name"] + (f" {codec['level']}" if "level" in codec else "")
     quantise = codec.get("quantise", "none")
@@ -424,6 +453,7 @@ CELLS_OF = {"codec_cells": "codec_metrics"}
 RENDERERS = {
     "dump_overhead": dump_rows,
     "probe_cell": probe_rows,
+    "probe_huber": huber_rows,
     "storage": storage_rows,
     "store_set": store_set_rows,
     "codec_metrics": codec_metric_rows,
