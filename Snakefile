@@ -20,6 +20,7 @@ include: "rules/labels.smk"
 include: "rules/probes.smk"
 include: "rules/figures.smk"
 include: "rules/classify.smk"
+include: "rules/world_labelers.smk"
 
 
 report: "report/workflow.rst"

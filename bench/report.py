@@ -450,6 +450,23 @@ def cluster_rows(records, machines):
 # Tables rendered from another benchmark's records.
 CELLS_OF = {"codec_cells": "codec_metrics"}
 
+
+def world_scenes_rows(records, machines):
+    rows = [
+        [
+            machines.ref(r),
+            load_text(r),
+            f"{r['config']['size']} px",
+            f"{r['results']['render_ms']:.1f}",
+            f"{r['results']['fit_ms']:.0f}",
+            f"{r['results']['fit_ok']:.2f}",
+        ]
+        for r in records
+    ]
+    header = ["machine", "load", "size", "render ms/image", "fit ms/image", "fits that hold"]
+    return table(header, rows)
+
+
 RENDERERS = {
     "dump_overhead": dump_rows,
     "probe_cell": probe_rows,
@@ -462,6 +479,7 @@ RENDERERS = {
     "demo_end_to_end": demo_rows,
     "unet_calls": calls_rows,
     "cluster_images": cluster_rows,
+    "world_scenes": world_scenes_rows,
 }
 
 

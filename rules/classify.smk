@@ -46,8 +46,9 @@ for rule_name, batch in image_rules("classify_generate", CLASSIFY_KEYS):
                 batch,
             ),
             model=CONFIG["models"]["diffusion"],
-            allow_download=ALLOW_DOWNLOAD,
+            allow_download=untracked(ALLOW_DOWNLOAD),
             generation=CLASSIFY_GENERATION,
+            device=untracked(CONFIG["generation"]["device"]),
         script:
             "../scripts/classify_generate.py"
 
@@ -83,11 +84,12 @@ for rule_name, batch in image_rules("classify", CLASSIFY_KEYS):
                 batch,
             ),
             model=CLASSIFICATION["model"],
-            allow_download=ALLOW_DOWNLOAD,
-            device=CLASSIFICATION["device"],
-            batch_size=CLASSIFICATION["batch_size"],
+            allow_download=untracked(ALLOW_DOWNLOAD),
+            device=untracked(CLASSIFICATION["device"]),
+            batch_size=untracked(CLASSIFICATION["batch_size"]),
             top_k=CLASSIFICATION["top_k"],
             kinds=CLASSIFICATION["preview_kinds"],
+            classes=CLASSIFICATION["classes"],
         script:
             "../scripts/classify.py"
 

@@ -8,7 +8,7 @@ CLASSIFY_PROMPTS = None
 if CLASSIFICATION["enabled"]:
     try:
         CLASSIFY_PROMPTS = load_classification_prompts(
-            CLASSIFICATION["prompts"], workflow.basedir
+            CLASSIFICATION["prompts"], workflow.basedir, CLASSIFICATION["classes"]
         )
     except PromptTableError as error:
         fail(error)
@@ -52,8 +52,9 @@ def random_weights_note():
     return ""
 
 
-# The study's generation settings; only the preview kinds differ, and no activations are kept.
+# The study's generation settings (less the untracked device); only the preview kinds differ,
+# and no activations are kept.
 CLASSIFY_GENERATION = {
-    **{key: value for key, value in CONFIG["generation"].items() if key != "cfg_half"},
+    **without(CONFIG["generation"], "cfg_half", "device"),
     "previews": CLASSIFICATION["preview_kinds"],
 }

@@ -6,6 +6,7 @@ import os
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
+from ldmprobe.metrics import METRICS_OF_KIND
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.preflight import (
     DiskSpaceError,
@@ -35,7 +36,6 @@ LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
-METRICS_OF_KIND = {"binary": ["dice"], "continuous": ["spearman", "pearson", "rmse"]}
 TASK_KIND = {"saliency": "binary", "depth": "continuous", "shading": "continuous"}
 SOURCE = "unet"
 
@@ -95,6 +95,21 @@ def store_params():
     return {
         source: selection.to_dict() for source, selection in store_plan(CONFIG).items()
     }
+
+
+def untracked(value):
+    """A param that decides how a job runs, not what it writes: where it computes (a device,
+    `auto` resolving differently on a submit host and a GPU node), how many inputs it takes at
+    once, whether it may download. Snakemake reruns a job whose params differ from those its
+    outputs were made with; it leaves out params computed by a function of the job's
+    `threads` (or input, output, resources), as derived from what it tracks itself, so a
+    change of this value reruns nothing (`--forcerun <rule>` does, on purpose)."""
+    return lambda wildcards, threads: value
+
+
+def without(section, *keys):
+    """A config section as a param, less its untracked keys."""
+    return {key: value for key, value in section.items() if key not in keys}
 
 
 def model_input(model):

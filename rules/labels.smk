@@ -26,8 +26,8 @@ for rule_name, batch in image_rules("label", PROMPT_KEYS):
                 lambda prompt_id, seed: {"prompt_id": prompt_id, "seed": seed}, batch
             ),
             task=lambda wildcards: CONFIG["labels"]["tasks"][wildcards.task],
-            allow_download=ALLOW_DOWNLOAD,
-            device=CONFIG["labels"]["device"],
-            batch_size=CONFIG["labels"]["batch_size"],
+            allow_download=untracked(ALLOW_DOWNLOAD),
+            device=untracked(CONFIG["labels"]["device"]),
+            batch_size=untracked(CONFIG["labels"]["batch_size"]),
         script:
             "../scripts/label.py"

@@ -25,7 +25,7 @@ checkpoint layer_table:
         "../envs/generate.yaml"
     params:
         model=CONFIG["models"]["diffusion"],
-        allow_download=ALLOW_DOWNLOAD,
+        allow_download=untracked(ALLOW_DOWNLOAD),
         generation={
             key: CONFIG["generation"][key]
             for key in ("scheduler", "steps", "height", "width")

@@ -32,7 +32,7 @@ rule probe:
         # The VAE and latent controls come from the guided trajectory, not one CFG half.
         half=lambda wildcards: half_of(wildcards.source, CONFIG["probe"]["cfg_half"]),
         settings=probe_settings(CONFIG),
-        device=CONFIG["probe"]["device"],
+        device=untracked(CONFIG["probe"]["device"]),
     script:
         "../scripts/probe.py"
 

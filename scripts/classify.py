@@ -10,6 +10,7 @@ classify_job(
     batch_size=snakemake.params.batch_size,
     top_k=snakemake.params.top_k,
     kinds=snakemake.params.kinds,
+    classes=snakemake.params.classes,
     images=image_entries(
         snakemake.params.images,
         image=snakemake.input.image,

@@ -5,7 +5,7 @@ jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.generate(
     model=snakemake.params.model,
     allow_download=snakemake.params.allow_download,
-    generation=snakemake.params.generation,
+    generation={**snakemake.params.generation, "device": snakemake.params.device},
     images=image_entries(
         snakemake.params.images,
         image=snakemake.output.image,

@@ -489,7 +489,7 @@ def test_classify_job_on_a_generated_image(vgg16, tmp_path):
     assert len(topk) == (2 * 3 + 1) * 5
     assert list(topk.columns) == [
         "prompt_id", "seed", "kind", "step", "timestep", "rank", "class_index", "class_id",
-        "class_name", "probability",
+        "class_name", "probability", "ldmprobe_version",
     ]  # fmt: skip
     final = topk[topk["kind"] == FINAL]
     assert final["step"].unique().tolist() == [3] and final["timestep"].isna().all()

@@ -81,3 +81,33 @@ def test_parse_time_imports_leave_torch_out():
     probe = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", modules
+
+
+@pytest.mark.parametrize("rewrite", ["reordered", "flow-style", "numbers"])
+def test_a_rewritten_config_validates_to_the_same_params(rewrite):
+    """Key order, YAML style and number spelling never reach the rules' params: validation
+    gives the same config, down to its repr (what Snakemake compares)."""
+    from workflow import REWRITES
+
+    written = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    text = REWRITES[rewrite](written)
+    assert text != yaml.safe_dump(written, sort_keys=False)
+    rewritten = validate_config(yaml.safe_load(text))
+    original = validate_config(written)
+    assert repr(rewritten) == repr(original)
+    assert repr(probe_settings(rewritten)) == repr(probe_settings(original))
+
+
+def test_numbers_take_their_schema_type():
+    written = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    written["generation"].update(steps=15.0, guidance_scale=7)
+    written["probe"]["defaults"]["lr"] = "1e-3"  # as YAML 1.1 reads `lr: 1e-3`
+    written["probe"]["steps"] = [0, 3.0, "7e0", 14]
+    config = validate_config(written)
+    assert repr(config["generation"]["steps"]) == "15"
+    assert repr(config["generation"]["guidance_scale"]) == "7.0"
+    assert repr(config["probe"]["defaults"]["lr"]) == "0.001"
+    assert repr(config["probe"]["steps"]) == "[0, 3, 7, 14]"
+    written["generation"]["steps"] = "15"  # a quoted string stays a string: an error
+    with pytest.raises(ConfigError, match="'generation.steps': '15' is not of type"):
+        validate_config(written)

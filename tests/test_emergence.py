@@ -148,7 +148,7 @@ def test_labeler_scores_against_an_independent_computation(tmp_path):
         depth = rng.normal(5, 2, size=(8, 8))
         previews = [depth + rng.normal(0, s, size=(8, 8)) for s in (3.0, 1.0, 0.0)]
         write_label(tmp_path / f"d{i}.npz", depth, previews)
-        depth_maps[i] = (depth, previews)
+        depth_maps[i] = (depth, previews, mask)
         rows.append(
             {
                 "prompt_id": f"p{i}",
@@ -170,7 +170,7 @@ def test_labeler_scores_against_an_independent_computation(tmp_path):
     assert dice[("p2", 2)] == 1.0 and dice[("p3", 2)] == 1.0  # the final preview is the label
     assert dice[("p2", 0)] == 0.0  # an empty preview mask
     rmse = table[(table.metric == "rmse")].set_index(["prompt_id", "step"])["value"]
-    depth, previews = depth_maps[3]
+    depth, previews, mask = depth_maps[3]
     expected = np.sqrt(np.mean(((previews[0] - depth) / 2.0) ** 2))
     assert rmse[("p3", 0)] == pytest.approx(expected, rel=1e-5)
     spearman = table[(table.metric == "spearman")].set_index(["prompt_id", "step"])["value"]
@@ -179,3 +179,17 @@ def test_labeler_scores_against_an_independent_computation(tmp_path):
     assert spearman[("p3", 0)] == pytest.approx(
         spearmanr(previews[0].ravel(), depth.ravel()).statistic, rel=1e-5
     )
+    # Beyond position (metrics.VARIANTS): over the image's saliency foreground, and less the
+    # training images' mean depth per position.
+    by_metric = table[table.prompt_id == "p3"].set_index(["metric", "step"])["value"]
+    from scipy.stats import pearsonr
+
+    assert by_metric[("pearson_objects", 0)] == pytest.approx(
+        pearsonr(previews[0][mask], depth[mask]).statistic, rel=1e-5
+    )
+    position_mean = (depth_maps[0][0] + depth_maps[1][0]) / 2
+    assert by_metric[("spearman_residual", 0)] == pytest.approx(
+        spearmanr((previews[0] - position_mean).ravel(), (depth - position_mean).ravel()).statistic,
+        rel=1e-5,
+    )
+    assert not table[table.task == "saliency"].metric.str.contains("_").any()

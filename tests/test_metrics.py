@@ -155,6 +155,62 @@ def test_image_metrics_rejects_mismatched_shapes_and_unknown_kind():
         image_metrics("depth", np.zeros((2, 2)), np.zeros((2, 2)))
 
 
+# --- beyond position: object regions and the residual ---------------------------------------
+
+# Depth that is the image row (a fixed camera's ground plane), with objects whose own depths
+# the row does not predict.
+ROWS = np.repeat(np.arange(8.0)[:, None], 8, axis=1)
+OBJECTS = np.zeros((8, 8), bool)
+OBJECTS[2:5, 3:6] = True
+
+
+def test_object_regions_score_only_the_foreground():
+    target, pred = ROWS.copy(), ROWS.copy()
+    target[OBJECTS] = 10.0 + np.arange(9)
+    pred[OBJECTS] = 100.0 - np.arange(9)  # every object pixel in the reverse order
+    result = image_metrics("continuous", pred, target, foreground=OBJECTS)
+    assert result["spearman"] > 0.5  # the ground plane makes the whole image look right
+    assert result["spearman_objects"] == pytest.approx(-1.0)
+    assert result["pearson_objects"] == pytest.approx(-1.0)
+    expected = math.sqrt(np.mean((90.0 - 2 * np.arange(9)) ** 2))
+    assert result["rmse_objects"] == pytest.approx(expected)
+    empty = image_metrics("continuous", pred, target, foreground=np.zeros((8, 8), bool))
+    assert all(math.isnan(empty[f"{name}_objects"]) for name in ("spearman", "pearson", "rmse"))
+
+
+def test_residual_removes_what_position_predicts():
+    signal = np.random.default_rng(0).normal(size=(8, 8)) * 0.1
+    target = ROWS + signal
+    reversed_signal = image_metrics("continuous", ROWS - signal, target, position_mean=ROWS)
+    assert reversed_signal["pearson"] > 0.99  # position alone explains the whole image
+    assert reversed_signal["pearson_residual"] == pytest.approx(-1.0)
+    assert reversed_signal["spearman_residual"] == pytest.approx(-1.0)
+    doubled = image_metrics("continuous", ROWS + 2 * signal, target, position_mean=ROWS)
+    assert doubled["pearson_residual"] == pytest.approx(1.0)
+    assert doubled["spearman_residual"] == pytest.approx(1.0)
+    # The training mean per position predicts no residual: constant, so undefined.
+    baseline = image_metrics("continuous", ROWS, target, position_mean=ROWS)
+    assert math.isnan(baseline["pearson_residual"]) and "rmse_residual" not in baseline
+
+
+def test_variants_are_declared_once_with_their_direction():
+    from ldmprobe.metrics import METRICS_OF_KIND, VARIANTS, lower_is_better
+
+    both = image_metrics("continuous", ROWS, ROWS + 1, foreground=OBJECTS, position_mean=ROWS)
+    declared = [*METRICS_OF_KIND["continuous"]] + [
+        f"{name}_{variant}" for variant, names in VARIANTS.items() for name in names
+    ]
+    assert list(both) == declared
+    assert set(image_metrics("binary", OBJECTS, OBJECTS)) == set(METRICS_OF_KIND["binary"])
+    assert [lower_is_better(name) for name in ("rmse", "rmse_objects", "pearson_residual")] == [
+        True,
+        True,
+        False,
+    ]
+    with pytest.raises(ValueError, match=r"\(2, 2\).*\(8, 8\)"):
+        image_metrics("continuous", ROWS, ROWS, foreground=np.zeros((2, 2), bool))
+
+
 # --- upsampling ----------------------------------------------------------------------------
 
 

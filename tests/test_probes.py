@@ -39,6 +39,16 @@ def test_continuous_probe_recovers_a_linear_map():
     assert torch.allclose(weight, direction, atol=0.05)
     scores = evaluate(trained, x[35:], labels[35:].numpy(), H, W)
     assert min(s["pearson"] for s in scores) > 0.99
+    # Beyond position: over a foreground mask per image and on the residual after a
+    # per-position mean; the probe found the map itself, so both stay near 1.
+    foregrounds = np.zeros((5, H * K, W * K), bool)
+    foregrounds[:, 4:12, 2:10] = True
+    position_mean = labels[:30].double().mean(0).numpy()
+    variants = evaluate(trained, x[35:], labels[35:].numpy(), H, W, foregrounds, position_mean)
+    for plain, scored in zip(scores, variants, strict=True):
+        assert {k: scored[k] for k in plain} == plain
+        assert scored["pearson_objects"] > 0.99 and scored["spearman_residual"] > 0.99
+    assert "pearson_objects" not in evaluate(trained, x[35:], labels[35:].numpy(), H, W)[0]
 
 
 def test_binary_probe_separates_a_linear_boundary():

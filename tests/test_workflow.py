@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 import zarr
-from workflow import TINY_KEYS, jobs_to_run, run_snakemake, tiny_config
+from PIL import Image
+from workflow import REWRITES, TINY_KEYS, jobs_to_run, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -42,7 +44,7 @@ def test_outputs_of_every_stage(study):
     summary = pd.read_csv(results / "tables/metrics.csv")
     assert list(summary.columns) == [
         "model", "source", "task", "block", "layer", "layer_order", "step", "metric",
-        "mean", "ci_low", "ci_high", "n",
+        "mean", "ci_low", "ci_high", "n", "ldmprobe_version",
     ]  # fmt: skip
     unet = summary[summary.source == "unet"]
     cells = unet[["layer", "step"]].drop_duplicates()
@@ -50,7 +52,10 @@ def test_outputs_of_every_stage(study):
         ("down0.0", 0), ("down0.0", 14), ("down2.1", 0), ("down2.1", 14),
         ("up3.2", 0), ("up3.2", 14),
     ]  # fmt: skip
-    assert set(summary.metric) == {"spearman", "pearson", "rmse"}
+    # Depth beyond position: the residual (no saliency labels here, so no object regions).
+    assert set(summary.metric) == {
+        "spearman", "pearson", "rmse", "spearman_residual", "pearson_residual",
+    }  # fmt: skip
     # The demo's controls, cheap: the permuted U-Net on down2.1 and up3.2, VAE and latent.
     sources = summary.groupby("source")["layer"].unique().map(sorted).to_dict()
     assert sources == {
@@ -110,6 +115,70 @@ def test_what_is_read_is_what_generation_stores(study):
     counts = jobs_to_run(run_snakemake(workdir, changed, "-n"))
     assert counts["generate"] >= 1 and counts["probe"] > 14
     tiny_config(workdir)  # restore for the other tests
+
+
+@pytest.mark.parametrize("rewrite", sorted(REWRITES))
+def test_a_rewritten_config_leaves_nothing_to_do(study, rewrite):
+    """Every mapping's keys reordered, flow instead of block style, numbers spelled otherwise:
+    the same study, so the same params, and nothing reruns."""
+    workdir, config = study
+    path = workdir / f"config-{rewrite}.yaml"
+    path.write_text(REWRITES[rewrite](yaml.safe_load(config.read_text())))
+    assert jobs_to_run(run_snakemake(workdir, path, "-n")) == {}
+
+
+def test_where_and_how_jobs_run_reruns_nothing(study):
+    """Devices (`auto` resolves to this machine's), batch sizes and downloads decide how a job
+    runs, not what it writes: they are not params (rules/common.smk, `untracked`)."""
+    workdir, config = study
+    settings = yaml.safe_load(config.read_text())
+    settings["generation"]["device"] = "auto"
+    settings["labels"].update(device="auto", batch_size=3)
+    settings["models"]["allow_download"] = True
+    path = workdir / "config-run-settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    assert jobs_to_run(run_snakemake(workdir, path, "-n")) == {}
+
+
+def test_generation_setting_reruns_generation_and_downstream(study):
+    workdir, config = study
+    settings = yaml.safe_load(config.read_text())
+    settings["generation"]["guidance_scale"] = 5.0
+    path = workdir / "config-guidance.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    counts = jobs_to_run(run_snakemake(workdir, path, "-n"))
+    downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
+    assert set(counts) == {"generate", "label", "dataset", "probe", "labeler_scores", *downstream}
+    assert counts["generate"] == counts["label"] == len(TINY_KEYS) and counts["probe"] == 14
+
+
+def test_every_output_records_the_package_version(study):
+    from ldmprobe.cell import load_probe_weights
+    from ldmprobe.labels import load_provenance
+    from ldmprobe.provenance import VERSION_KEY, package_version
+
+    workdir, _ = study
+    results = workdir / "results"
+    version = package_version()
+    image = results / "generation/lemon/101"
+    for path in (image / "meta.json", results / "model/layers.json"):
+        assert json.loads(path.read_text())[VERSION_KEY] == version, path
+    store = zarr.open_group(str(image / "activations.zarr"), mode="r")
+    assert store.attrs[VERSION_KEY] == version
+    for path in (image / "image.png", image / "previews/x0/step000.png"):
+        assert Image.open(path).text[VERSION_KEY] == version, path
+    assert Image.open(results / "figures/heatmap/depth-spearman.png").text[VERSION_KEY] == version
+    assert load_provenance(results / "labels/depth/lemon/101.npz")[VERSION_KEY] == version
+    cell = results / "probes/unet/up3.2/step14"
+    assert load_probe_weights(cell / "probe.safetensors")[1][VERSION_KEY] == version
+    for path in (
+        cell / "metrics.csv",
+        results / "dataset.csv",
+        results / "tables/metrics.csv",
+        results / "tables/per_image_metrics.csv.gz",
+        results / "tables/emergence.csv",
+    ):
+        assert set(pd.read_csv(path)[VERSION_KEY]) == {version}, path
 
 
 def test_new_prompt_row_adds_only_its_own_generation_and_labels(study):

@@ -65,6 +65,57 @@ def tiny_config(workdir: Path, **overrides) -> Path:
     return path
 
 
+def reordered(value):
+    """``value`` with the keys of every mapping in reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [reordered(item) for item in value]
+    return value
+
+
+class Written(str):
+    """A scalar written as this text, unquoted: what a person typing it gets."""
+
+
+def _write_plain(dumper, value):
+    tag = dumper.resolve(yaml.ScalarNode, str(value), (True, False))
+    return dumper.represent_scalar(tag, str(value))
+
+
+yaml.SafeDumper.add_representer(Written, _write_plain)
+
+
+def respelled(value, key=None):
+    """Every number of a config written another way: floats in exponent notation without a
+    dot (``1e-3``, ``7.5e0``: YAML 1.1 reads them as strings), integers with a fraction
+    (``15.0``). Labeler options (free-form, not in the schema) are left as they are."""
+    if key == "options" or isinstance(value, bool):
+        return value
+    if isinstance(value, dict):
+        return {k: respelled(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [respelled(item) for item in value]
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:e}".split("e")
+        return Written(f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}")
+    if isinstance(value, int):
+        return Written(f"{value}.0")
+    return value
+
+
+REWRITES = {
+    # Every mapping's keys in another order.
+    "reordered": lambda config: yaml.safe_dump(reordered(config), sort_keys=False),
+    # Flow style throughout, a comment, keys sorted as a tool writing YAML does.
+    "flow-style": lambda config: (
+        "# rewritten by a tool\n" + yaml.safe_dump(config, default_flow_style=True, width=60)
+    ),
+    # Numbers spelled differently.
+    "numbers": lambda config: yaml.safe_dump(respelled(config), sort_keys=False),
+}
+
+
 def run_snakemake(workdir: Path, config: Path, *args: str, check: bool = True, timeout=900):
     """Run the repository's workflow in ``workdir``; returns the CompletedProcess."""
     command = [

@@ -19,8 +19,9 @@ import torch
 from .controls import read_tokens, token_grid
 from .io import atomic_file, write_csv
 from .labels import TASKS, load_label
-from .metrics import image_rows
+from .metrics import FOREGROUND_TASK, image_rows
 from .probes import ProbeSettings, ProbeTask, evaluate, state_tensors, train_probes
+from .provenance import VERSION_KEY, package_version
 from .storage import open_store
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,22 @@ def run_cell(
         width,
     )
 
+    # The metric variants of continuous tasks (metrics.VARIANTS): object regions from the test
+    # images' foreground labels, when the study has them; the training set's mean per position.
+    foreground = targets.get(FOREGROUND_TASK, {}).get("test")
+    foregrounds = None if foreground is None else foreground.numpy() > 0.5
     tensors, training, rows = {}, {}, []
     for task_name, settings in tasks.items():
         trained = trained_probes[task_name]
+        continuous = TASKS[task_name].kind == "continuous"
         test_metrics = evaluate(
-            trained, activations["test"], targets[task_name]["test"].numpy(), height, width
+            trained,
+            activations["test"],
+            targets[task_name]["test"].numpy(),
+            height,
+            width,
+            foregrounds if continuous else None,
+            targets[task_name]["train"].double().mean(0).numpy() if continuous else None,
         )
         for row_index, values in zip(parts["test"].tolist(), test_metrics, strict=True):
             rows.extend(image_rows(manifest.iloc[row_index], task_name, values))
@@ -146,6 +158,7 @@ def run_cell(
         "cell": json.dumps(cell.__dict__),
         "grid": json.dumps([height, width]),
         "training": json.dumps(training),
+        VERSION_KEY: json.dumps(package_version()),  # every value is JSON (load_probe_weights)
     }
     with atomic_file(weights_path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -34,6 +34,7 @@ import pandas as pd
 from .io import atomic_file, write_csv
 from .metrics import summarise
 from .prompts import PromptTableError, load_prompts
+from .provenance import png_text
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,37 @@ def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return synsets, tuple(lemmas[synset] for synset in synsets)
 
 
-def resolve_class(cell: str, where: str) -> int:
-    """The ImageNet-1k class index named by ``cell``: an index 0-999 or a WordNet id."""
+# The class lists a classifier may be trained on (config key classification.classes): the
+# target column names classes of the declared list, and the model must predict that list.
+IMAGENET = "imagenet-1k"
+WORLD = "world"
+
+
+def class_list(classes: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Ids and names of the declared class list, in class-index order."""
+    if classes == IMAGENET:
+        return imagenet_classes()
+    if classes == WORLD:
+        from .world.nets import CLASSES
+
+        return CLASSES, CLASSES
+    raise ValueError(f"unknown class list {classes!r}; expected {IMAGENET!r} or {WORLD!r}")
+
+
+def resolve_class(cell: str, where: str, classes: str = IMAGENET) -> int:
+    """The class index named by ``cell``: an index into the class list or a class id (for
+    ImageNet-1k a WordNet id, for the world a class name such as "red sphere")."""
+    if classes != IMAGENET:
+        ids, _ = class_list(classes)
+        text = cell.strip()
+        if _ASCII_INTEGER.fullmatch(text) and int(text) < len(ids):
+            return int(text)
+        if text in ids:
+            return ids.index(text)
+        raise PromptTableError(
+            f"{where}: {text!r} is not a class of the {classes} class list; write a class "
+            f"index (0-{len(ids) - 1}) or one of {list(ids)}"
+        )
     synsets, names = imagenet_classes()
     text = cell.strip()
     if _ASCII_INTEGER.fullmatch(text):
@@ -100,7 +130,9 @@ def resolve_class(cell: str, where: str) -> int:
     )
 
 
-def load_classification_prompts(spec: dict, base_dir: str | Path = ".") -> pd.DataFrame:
+def load_classification_prompts(
+    spec: dict, base_dir: str | Path = ".", classes: str = IMAGENET
+) -> pd.DataFrame:
     """The rows of the ``classification.prompts`` tables, each with its resolved target class.
 
     Ids, prompts and seeds are read and validated by :func:`ldmprobe.prompts.load_prompts`; the
@@ -128,13 +160,15 @@ def load_classification_prompts(spec: dict, base_dir: str | Path = ".") -> pd.Da
             cells.update(_target_cells(entry["path"], path.read_bytes(), encoding, columns))
         indices = [
             resolve_class(
-                cells[(row.prompt_id, row.seed)], f"prompt table {row.source}, line {row.line}"
+                cells[(row.prompt_id, row.seed)],
+                f"prompt table {row.source}, line {row.line}",
+                classes,
             )
             for row in table.itertuples()
         ]
     except PromptTableError as error:
         raise PromptTableError(f"classification.prompts: {error}") from None
-    synsets, names = imagenet_classes()
+    synsets, names = class_list(classes)
     table = table.drop(columns="split")
     table.insert(3, "class_index", indices)
     table.insert(4, "class_id", [synsets[index] for index in indices])
@@ -195,7 +229,9 @@ class Classifier:
         return np.concatenate(batches)
 
 
-def load_classifier(ref, device: str = "cpu", allow_download: bool = False) -> Classifier:
+def load_classifier(
+    ref, device: str = "cpu", allow_download: bool = False, classes: str = IMAGENET
+) -> Classifier:
     """Load a timm classifier saved in the Hugging Face hub layout (config.json + weights).
 
     ``ref.id`` is a local directory or a hub id such as ``timm/vgg16.tv_in1k`` looked up in the
@@ -218,16 +254,27 @@ def load_classifier(ref, device: str = "cpu", allow_download: bool = False) -> C
             "timm/vgg16.tv_in1k"
         )
     model = timm.create_model(f"local-dir:{path}", pretrained=True)
+    data_config = resolve_data_config({}, model=model)
+    transform = create_transform(**data_config, is_training=False)
+    if classes != IMAGENET:
+        # The model declares its classes (save_for_hf's label_names); they must be the list's.
+        ids, names = class_list(classes)
+        declared = tuple(model.pretrained_cfg.get("label_names") or ())
+        if declared != ids:
+            raise ValueError(
+                f"config key '{ref.key}': {ref.describe()} predicts classes {list(declared)}, "
+                f"not the {classes} class list {list(ids)} (classification.classes)"
+            )
+        return Classifier(model.eval().to(device), transform, data_config, ids, names, device)
     info = ImageNetInfo()
     if model.num_classes != info.num_classes():
         raise ValueError(
             f"config key '{ref.key}': {ref.describe()} has {model.num_classes} classes; the "
             f"experiment needs an ImageNet-1k classifier ({info.num_classes()} classes)"
         )
-    data_config = resolve_data_config({}, model=model)
     return Classifier(
         model=model.eval().to(device),
-        transform=create_transform(**data_config, is_training=False),
+        transform=transform,
         data_config=data_config,
         class_ids=tuple(info.label_names()),
         class_names=tuple(info.index_to_description(i) for i in range(info.num_classes())),
@@ -662,7 +709,7 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=png_text())
     plt.close(fig)
 
 
@@ -677,6 +724,7 @@ def classify_job(
     top_k: int,
     kinds: Sequence[str],
     images: Sequence[dict],
+    classes: str = IMAGENET,
 ) -> None:
     """``images``: one dict per image with its ``prompt_id``, ``seed``, ``target`` class index,
     input paths ``image``, ``previews``, ``meta`` and output paths ``topk`` and ``curves``; the
@@ -685,7 +733,7 @@ def classify_job(
     from .models import ModelRef
 
     ref = ModelRef.from_config("classification.model", model)
-    classifier = load_classifier(ref, resolve_device(device), allow_download)
+    classifier = load_classifier(ref, resolve_device(device), allow_download, classes)
     log.info("classifier %s, preprocessing %s", ref.describe(), classifier.data_config)
     for number, image in enumerate(images, start=1):
         topk, curves = classify_generation(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -36,6 +37,56 @@ def _fill_defaults(schema: dict, value, root: dict):
         for key in value:
             if key not in schema["properties"]:
                 value[key] = _fill_defaults(extra, value[key], root)
+    return value
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    if "$ref" in schema:
+        return root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+# A number in exponent notation. YAML 1.1 (PyYAML, so Snakemake's config loader) reads a float
+# only with a dot and a signed exponent: `1e-3` and `1.0e3` come back as strings.
+EXPONENT_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _number(schema: dict, value):
+    """``value`` in the one spelling of its schema type: ``number`` keys hold floats
+    (``15`` -> ``15.0``, ``"1e-3"`` -> ``0.001``), ``integer`` keys ints (``15.0`` -> ``15``,
+    which JSON Schema accepts as an integer). Anything else is left to the validator."""
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, bool) or not ({"number", "integer"} & set(types)):
+        return value
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)
+    if "integer" in types and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if "number" in types and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _canonical(schema: dict, value, root: dict):
+    """One spelling of a config value: its numbers per the schema (``_number``) and every
+    mapping's keys sorted, so that key order, YAML style and number spelling never reach the
+    rules' params (Snakemake compares their ``repr``)."""
+    schema = _resolve(schema, root)
+    for option in schema.get("oneOf", []) + schema.get("anyOf", []):
+        value = _canonical(option, value, root)
+    value = _number(schema, value)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {
+            key: _canonical(properties.get(key, extra), value[key], root)
+            for key in sorted(value, key=str)
+        }
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [_canonical(items, item, root) for item in value]
     return value
 
 
@@ -78,12 +129,13 @@ def _describe(error) -> str:
 
 
 def validate_config(config: dict) -> dict:
-    """A validated copy of ``config`` with schema defaults filled in."""
+    """A validated copy of ``config`` with schema defaults filled in, in one canonical form:
+    plain dicts with sorted keys, numbers spelled as their schema type (``_canonical``)."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
     schema = load_schema()
-    filled = _fill_defaults(schema, copy.deepcopy(config), schema)
+    filled = _canonical(schema, _fill_defaults(schema, copy.deepcopy(config), schema), schema)
     errors = list(Draft202012Validator(schema).iter_errors(filled))
     if errors:
         raise ConfigError(_describe(best_match(errors)))
@@ -101,9 +153,10 @@ def load_config(path: str | Path) -> dict:
 
 
 def probe_settings(config: dict) -> dict[str, dict]:
-    """Per configured task, the probe settings: task overrides on top of the defaults."""
+    """Per configured task, the probe settings: task overrides on top of the defaults, keys
+    sorted (they are rule params)."""
     probe = config["probe"]
     return {
-        task: {**probe["defaults"], **probe["tasks"].get(task, {})}
+        task: dict(sorted({**probe["defaults"], **probe["tasks"].get(task, {})}.items()))
         for task in config["labels"]["tasks"]
     }

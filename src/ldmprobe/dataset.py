@@ -3,6 +3,10 @@
 Probe cells depend on this one small table instead of on every image's files, which keeps the
 DAG small (a cell has one input, not thousands) while any new or regenerated image still
 makes every cell stale through the manifest.
+
+An image a labeler could not label (``ldmprobe.labels.is_excluded``: the world's exact labeler
+when its fit fails) gets split ``excluded`` and the tasks in column ``excluded_by``: it stays
+listed and counted, and every stage that reads the train, val or test split leaves it out.
 """
 
 from __future__ import annotations
@@ -11,21 +15,36 @@ import pandas as pd
 
 from .io import write_csv
 
+EXCLUDED = "excluded"
+LABEL_PREFIX = "label_"
+
 
 def build_manifest(
     prompts: pd.DataFrame, paths: dict[str, list[str]], out_path: str
 ) -> pd.DataFrame:
     """``paths`` maps a column name (store, image, meta, label_<task>) to one path per row."""
+    from .labels import is_excluded
+
     manifest = prompts[["prompt_id", "seed", "split"]].copy()
     for column, values in paths.items():
         if len(values) != len(manifest):
             raise ValueError(f"{column}: {len(values)} paths for {len(manifest)} images")
         manifest[column] = values
+    label_columns = [c for c in paths if c.startswith(LABEL_PREFIX)]
+    excluded_by = [
+        " ".join(c.removeprefix(LABEL_PREFIX) for c in label_columns if is_excluded(row[c]))
+        for _, row in manifest.iterrows()
+    ]
+    manifest["excluded_by"] = excluded_by
+    manifest.loc[manifest["excluded_by"] != "", "split"] = EXCLUDED
     write_csv(out_path, manifest)
     return manifest
 
 
 def read_manifest(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"prompt_id": str, "seed": str, "split": str}).assign(
-        seed=lambda frame: frame["seed"].map(int)
+    return pd.read_csv(
+        path, dtype={"prompt_id": str, "seed": str, "split": str, "excluded_by": str}
+    ).assign(
+        seed=lambda frame: frame["seed"].map(int),
+        excluded_by=lambda frame: frame["excluded_by"].fillna(""),
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .compat import ensure_torchvision_importable
 from .io import atomic_directory
+from .provenance import VERSION_KEY, package_version
 
 
 def clip_byte_vocabulary() -> dict[str, int]:
@@ -444,5 +445,8 @@ def build_demo_model(kind: str, out_dir: str | Path, seed: int = 0) -> None:
     with atomic_directory(out_dir) as tmp:
         BUILDERS[kind](tmp, seed)
         (tmp / "ldmprobe-demo.json").write_text(
-            json.dumps({"kind": kind, "seed": seed, "weights": "random"}, indent=2)
+            json.dumps(
+                {"kind": kind, "seed": seed, "weights": "random", VERSION_KEY: package_version()},
+                indent=2,
+            )
         )

@@ -20,7 +20,6 @@ from .io import write_csv
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"rmse"}
 # The metric the report's comparison sentence uses per task kind.
 HEADLINE = {"binary": "dice", "continuous": "spearman"}
 EMERGENCE_COLUMNS = [
@@ -67,16 +66,29 @@ def labeler_scores(
         train = manifest[manifest["split"] == "train"][column]
         train_targets = [load_label(p, keys=("target",))["target"] for p in train]
         mean, std = target_scaling(kind, settings, train_targets)
+        # The variants of the continuous metrics, as the probes have them (metrics.VARIANTS).
+        position_mean = np.mean(train_targets, axis=0, dtype=np.float64) if train_targets else None
+        foreground_column = f"label_{metrics.FOREGROUND_TASK}"
         for _, image in test.iterrows():
             label = load_label(image[column], keys=("target", "preview_target"))
+            foreground = None
+            if kind == "continuous" and foreground_column in image:
+                foreground = load_label(image[foreground_column], keys=("target",))["target"] > 0.5
             chosen = range(len(label["preview_target"])) if steps is None else steps
             for step in chosen:
                 preview = label["preview_target"][step]
-                if kind == "binary":
+                if kind == "binary" and np.isnan(preview).all():
+                    # The labeler gave this preview no label (continuous metrics drop NaNs).
+                    values = {"dice": float("nan")}
+                elif kind == "binary":
                     values = metrics.image_metrics("binary", preview > 0.5, label["target"] > 0.5)
                 else:
                     values = metrics.image_metrics(
-                        "continuous", (preview - mean) / std, (label["target"] - mean) / std
+                        "continuous",
+                        (preview - mean) / std,
+                        (label["target"] - mean) / std,
+                        foreground,
+                        None if position_mean is None else (position_mean - mean) / std,
                     )
                 rows.extend(metrics.image_rows(image, task_name, values, step=step))
         log.info("%s: labeler on %d test images' previews", task_name, len(test))
@@ -103,7 +115,7 @@ def emergence_table(
             steps,
             values,
             fraction=fraction,
-            higher_is_better=metric not in LOWER_IS_BETTER,
+            higher_is_better=not metrics.lower_is_better(metric),
             n_resamples=n_resamples,
             level=level,
             seed=seed,
@@ -134,7 +146,7 @@ def best_layer(emergence: pd.DataFrame, task: str, metric: str, source: str) -> 
     ].dropna(subset=["final_mean"])
     if rows.empty:
         return None
-    lower = metric in LOWER_IS_BETTER
+    lower = metrics.lower_is_better(metric)
     return rows.sort_values("final_mean", ascending=lower).iloc[0]
 
 

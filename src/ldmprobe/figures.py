@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io import atomic_file  # noqa: E402
+from .provenance import png_text  # noqa: E402
 
 METRIC_LABELS = {
     "dice": "Dice",
@@ -24,7 +25,7 @@ METRIC_LABELS = {
 
 def _save(fig, path: str | Path) -> None:
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=png_text())
     plt.close(fig)
 
 

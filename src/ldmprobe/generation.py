@@ -20,6 +20,7 @@ import torch
 from . import controls
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, find_attn1_modules, select_layers
+from .provenance import VERSION_KEY, package_version, png_info
 from .reads import Selection
 from .storage import HALVES, ActivationWriter, array_path, create_store
 
@@ -380,7 +381,7 @@ def generate(
                     with capture or contextlib.nullcontext():
                         images = decode_latents(pipe, latents[kind], capture)
                     for step, image in enumerate(images):
-                        image.save(tmp_previews / kind / f"step{step:03d}.png")
+                        image.save(tmp_previews / kind / f"step{step:03d}.png", pnginfo=png_info())
                 log.info("decoded %d previews per kind %s", n_calls, list(settings.preview_kinds))
                 if vae_capture and settings.vae_latent not in settings.preview_kinds:
                     with vae_capture:
@@ -391,6 +392,7 @@ def generate(
         group["latents/x0"][:] = latents["x0"]
         group.attrs.update(
             {
+                VERSION_KEY: package_version(),
                 "steps": n_calls,
                 "layers": [layer.to_dict() for layer in layers],
                 "controls": {
@@ -405,7 +407,7 @@ def generate(
         )
 
     with atomic_file(image_path) as tmp_image:
-        result.images[0].save(tmp_image, format="PNG")
+        result.images[0].save(tmp_image, format="PNG", pnginfo=png_info())
 
     meta = {
         **provenance,

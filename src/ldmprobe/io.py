@@ -27,6 +27,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .provenance import VERSION_KEY, package_version
+
 PAUSE_AT = "LDMPROBE_PAUSE_AT"
 PAUSE_MARKER = "LDMPROBE_PAUSE_MARKER"
 
@@ -110,15 +112,22 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(path: str | Path, data) -> None:
+def write_json(path: str | Path, data: dict) -> None:
+    """``data`` as JSON with the package version that made it (``ldmprobe.provenance``)."""
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        stamped = {**data, VERSION_KEY: package_version()}
+        tmp.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
 
 
 def write_csv(path: str | Path, frame) -> None:
     """``frame`` as CSV; gzip-compressed when ``path`` ends in ``.gz``, with a fixed header
-    (no time stamp or file name), so the same table gives the same bytes."""
-    text = frame.to_csv(index=False, float_format="%.6g")
+    (no time stamp or file name), so the same table gives the same bytes. Its last column,
+    ``ldmprobe_version``, is the package version that wrote the file (replacing that column of
+    a table read from another output)."""
+    stamped = frame.drop(columns=VERSION_KEY, errors="ignore").assign(
+        **{VERSION_KEY: package_version()}
+    )
+    text = stamped.to_csv(index=False, float_format="%.6g")
     data = text.encode()
     if str(path).endswith(".gz"):
         data = gzip.compress(data, mtime=0)

@@ -199,7 +199,13 @@ def label(
         task_config["labeler"], ref, resolve_device(device), allow_download, options
     )
     log.info("%s labeler %s loaded in %.1f s", task, ref.describe(), time.perf_counter() - started)
-    provenance = {"labeler": task_config["labeler"], "model": ref.id, "revision": ref.revision}
+    provenance = {
+        "labeler": task_config["labeler"],
+        "model": ref.id,
+        "revision": ref.revision,
+        # Where it ran: left out of the rule's params (rules/common.smk, `untracked`).
+        "device": labeler.device,
+    }
     for number, image in enumerate(images, start=1):
         started = time.perf_counter()
         preview_paths = sorted(Path(image["previews"], "x0").glob("step*.png"))

@@ -20,6 +20,7 @@ from .io import atomic_file, rerun_advice
 from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
 from .labelers.depth import DPTDepth
 from .models import ModelRef
+from .provenance import VERSION_KEY, package_version
 
 __all__ = [
     "LABELERS",
@@ -29,6 +30,7 @@ __all__ = [
     "Task",
     "build_labeler",
     "check_labelers",
+    "is_excluded",
     "label_image",
     "label_model_ref",
     "load_label",
@@ -84,9 +86,12 @@ def check_labelers(tasks: dict) -> None:
 
 
 def to_target(task: Task, raw: np.ndarray, options: dict) -> np.ndarray:
-    """The probe target of a raw labeler map (REFERENCE.md: saliency foreground is > 0)."""
+    """The probe target of a raw labeler map (REFERENCE.md: saliency foreground is > 0).
+
+    NaN (no label: a labeler that could not label the image) stays NaN."""
     if task.kind == "binary":
-        return (raw > float(options.get("threshold", 0.0))).astype(np.float32)
+        foreground = (raw > float(options.get("threshold", 0.0))).astype(np.float32)
+        return np.where(np.isnan(raw), np.float32(np.nan), foreground)
     normalise = options.get("normalise", "none")
     if normalise == "none":
         return raw.astype(np.float32)
@@ -124,7 +129,10 @@ def label_image(
     """Label the final image and each step's preview; one .npz with targets and raw maps.
 
     ``provenance`` (the model id and revision) is stored as JSON beside the maps, with the
-    labeler's own record (the resolved folder, the options in effect).
+    labeler's own record (the resolved folder, the options in effect) and whether the image is
+    ``excluded``: the labeler gave no label for the final image (an all-NaN map, as the world's
+    exact labeler does when its fit fails). The manifest leaves excluded images out of every
+    split (``ldmprobe.dataset``). A preview without a label keeps its NaN map.
     """
     from PIL import Image
 
@@ -137,7 +145,15 @@ def label_image(
     final_raw = raw[0]
     preview_raw = np.stack(raw[1:]) if raw[1:] else np.zeros((0, *final_raw.shape), np.float32)
     target_options = {**labeler.settings, **options}
-    record = {**provenance, "labeler_info": labeler.info}
+    excluded = bool(np.isnan(final_raw).all())
+    if excluded:
+        log.info("%s: no label from the labeler; the image is excluded", image_path)
+    record = {
+        **provenance,
+        "labeler_info": labeler.info,
+        "excluded": excluded,
+        VERSION_KEY: package_version(),
+    }
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
@@ -152,6 +168,11 @@ def label_image(
 def load_provenance(path: str | Path) -> dict:
     with np.load(Path(path), allow_pickle=False) as data:
         return json.loads(str(data["provenance"]))
+
+
+def is_excluded(path: str | Path) -> bool:
+    """Whether the label file says its image got no label (``label_image``)."""
+    return bool(load_provenance(path).get("excluded", False))
 
 
 LABEL_ARRAYS = ("target", "raw", "preview_target", "preview_raw")

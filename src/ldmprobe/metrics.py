@@ -95,22 +95,60 @@ def rmse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean((x - y) ** 2)))
 
 
-def image_metrics(task_kind: str, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+# The metrics reported per test image, by task kind (binary: saliency; continuous: depth,
+# shading). Figures draw these.
+METRICS_OF_KIND = {"binary": ("dice",), "continuous": ("spearman", "pearson", "rmse")}
+CONTINUOUS = {"spearman": spearman, "pearson": pearson, "rmse": rmse}
+# A continuous map is also scored beyond what image position alone gives away (a fixed
+# camera's ground plane makes depth largely a function of the image row), as
+# ``<metric>_<variant>`` rows of the same tables:
+# - ``objects``: over the image's object regions, the foreground pixels of its label of
+#   FOREGROUND_TASK (so only in studies that label it);
+# - ``residual``: of prediction and target less the per-position mean of the training set's
+#   targets. Subtracting one map from both leaves the RMSE as it is: correlations only.
+VARIANTS = {"objects": ("spearman", "pearson", "rmse"), "residual": ("spearman", "pearson")}
+FOREGROUND_TASK = "saliency"
+LOWER_IS_BETTER = ("rmse",)
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a smaller value of metric ``name`` (a variant too: ``rmse_objects``) is better."""
+    return name.split("_", 1)[0] in LOWER_IS_BETTER
+
+
+def image_metrics(
+    task_kind: str,
+    pred: np.ndarray,
+    target: np.ndarray,
+    foreground: np.ndarray | None = None,
+    position_mean: np.ndarray | None = None,
+) -> dict[str, float]:
     """The metrics reported for one image of a task.
 
     ``binary``: ``pred`` is the predicted foreground mask (already argmax'ed) -> Dice.
-    ``continuous``: Spearman, Pearson and RMSE against the target map.
+    ``continuous``: Spearman, Pearson and RMSE against the target map; with ``foreground``
+    (a boolean mask of the image) also over its pixels (``*_objects``, NaN when it is empty),
+    with ``position_mean`` (a map of the target's shape) also of both maps less it
+    (``*_residual``); see ``VARIANTS``.
     """
     _check_same_shape(pred, target)
     if task_kind == "binary":
         return {"dice": dice(pred, target)}
-    if task_kind == "continuous":
-        return {
-            "spearman": spearman(pred, target),
-            "pearson": pearson(pred, target),
-            "rmse": rmse(pred, target),
-        }
-    raise ValueError(f"unknown task kind {task_kind!r}; expected 'binary' or 'continuous'")
+    if task_kind != "continuous":
+        raise ValueError(f"unknown task kind {task_kind!r}; expected 'binary' or 'continuous'")
+    values = {name: CONTINUOUS[name](pred, target) for name in METRICS_OF_KIND["continuous"]}
+    if foreground is not None:
+        _check_same_shape(foreground, target)
+        keep = np.asarray(foreground, dtype=bool)
+        for name in VARIANTS["objects"]:
+            values[f"{name}_objects"] = CONTINUOUS[name](pred[keep], target[keep])
+    if position_mean is not None:
+        _check_same_shape(position_mean, target)
+        for name in VARIANTS["residual"]:
+            values[f"{name}_residual"] = CONTINUOUS[name](
+                pred - position_mean, target - position_mean
+            )
+    return values
 
 
 def image_rows(image, task: str, values: dict[str, float], **extra) -> list[dict]:

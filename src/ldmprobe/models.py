@@ -8,15 +8,22 @@ models the workflow saves under ``resources/`` go through exactly the code real 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .compat import ensure_torchvision_importable
+from .weightfiles import Damage, check_weight_file
 
 
 class MissingModelError(RuntimeError):
     """A configured model is neither a local directory nor in the Hugging Face cache."""
+
+
+class DamagedModelError(MissingModelError):
+    """A configured model is there, but a weight file it loads is incomplete: as unusable as a
+    missing model, and found by the same preflight."""
 
 
 @dataclass(frozen=True)
@@ -126,18 +133,72 @@ def missing_model_message(refs: list[ModelRef]) -> str:
     return "\n".join(lines)
 
 
+# Pipeline components the loaders replace by None (load_diffusion_pipeline), so never read.
+UNLOADED_COMPONENTS = ("safety_checker", "feature_extractor")
+
+
+def loaded_weight_files(ref: ModelRef, path: Path) -> list[Path]:
+    """The weight files loading ``ref`` from ``path`` reads: the files its labeler names
+    (ONNX, checkpoints), and the safetensors files of the folder or, for a diffusers pipeline,
+    of its components. Every safetensors file there counts, variants included: a damaged one
+    beside the loaded one is worth knowing about too."""
+    files = [find_file(path, group) for group in ref.files]
+    folders = [path]
+    index = path / "model_index.json"
+    if index.is_file():
+        components = json.loads(index.read_text())
+        folders = [
+            path / name
+            for name, spec in sorted(components.items())
+            if not name.startswith("_")
+            and name not in UNLOADED_COMPONENTS
+            and isinstance(spec, list)
+            and (path / name).is_dir()
+        ]
+    for folder in folders:
+        files += sorted(folder.glob("*.safetensors"))
+    return files
+
+
+def damaged_model_message(damaged: list[tuple[ModelRef, Path, Damage]]) -> str:
+    lines = ["These model files are incomplete (a partial download or an interrupted copy):"]
+    for ref, path, damage in damaged:
+        hint = f" {ref.hint}" if ref.hint else ""
+        if looks_like_local_path(ref.id):
+            fetch = (
+                f"copy it again from where the folder '{ref.id}' came from (or save the model "
+                "there again)"
+            )
+        else:
+            revision = f" --revision {ref.revision}" if ref.revision else ""
+            inside = damage.path.relative_to(path).as_posix()
+            fetch = (
+                f"fetch it again on a machine with internet: `hf download {ref.id} {inside}"
+                f"{revision} --force-download` (then copy the cache here)"
+            )
+        lines.append(f"  - {ref.key}: {damage.path} {damage.sizes()}. To repair it, {fetch}.{hint}")
+    return "\n".join(lines)
+
+
 def preflight(refs: list[ModelRef], allow_download: bool) -> None:
-    """Fail once, listing every missing model, before any job is scheduled."""
-    if allow_download:
-        return
-    missing = []
+    """Fail once, before any job is scheduled, listing every model that is missing (unless it
+    may be downloaded) and every weight file of a model that is there but incomplete."""
+    missing, damaged = [], []
     for ref in refs:
-        try:
-            resolve_model(ref)
-        except MissingModelError:
+        path = _locate(ref)
+        if path is None or missing_files(ref, path):
             missing.append(ref)
-    if missing:
-        raise MissingModelError(missing_model_message(missing))
+            continue
+        for file in loaded_weight_files(ref, path):
+            damage = check_weight_file(file)
+            if damage is not None:
+                damaged.append((ref, path, damage))
+    parts = [missing_model_message(missing)] if missing and not allow_download else []
+    if damaged:
+        parts.append(damaged_model_message(damaged))
+    if parts:
+        error = DamagedModelError if damaged else MissingModelError
+        raise error("\n".join(parts))
 
 
 def torch_dtype(name: str, device: str):

@@ -463,20 +463,37 @@ def predict_maps(trained: TrainedProbe, x: torch.Tensor, height: int, width: int
 
 
 def evaluate(
-    trained: TrainedProbe, x: torch.Tensor, labels: np.ndarray, height: int, width: int
+    trained: TrainedProbe,
+    x: torch.Tensor,
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    foregrounds: np.ndarray | None = None,
+    position_mean: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
-    """Per-image metrics at the label resolution (nearest-upsampled probe output)."""
+    """Per-image metrics at the label resolution (nearest-upsampled probe output); a
+    continuous task's also over each image's ``foregrounds`` mask and on the residual after
+    ``position_mean`` (target units), when given (``metrics.VARIANTS``)."""
     predictions = predict_maps(trained, x, height, width)
     results = []
-    for prediction, label in zip(predictions, labels, strict=True):
+    for number, (prediction, label) in enumerate(zip(predictions, labels, strict=True)):
         upsampled = metrics.upsample_nearest(prediction, label.shape)
         if trained.probe.kind == "binary":
             results.append(metrics.image_metrics("binary", upsampled, label > 0.5))
         else:
             # RMSE in standardised units, as the reference reports it.
-            scaled_pred = (upsampled - trained.target_mean) / trained.target_std
-            scaled_label = (label - trained.target_mean) / trained.target_std
-            results.append(metrics.image_metrics("continuous", scaled_pred, scaled_label))
+            def scaled(values):
+                return (values - trained.target_mean) / trained.target_std
+
+            results.append(
+                metrics.image_metrics(
+                    "continuous",
+                    scaled(upsampled),
+                    scaled(label),
+                    None if foregrounds is None else foregrounds[number],
+                    None if position_mean is None else scaled(position_mean),
+                )
+            )
     return results
 
 

@@ -138,4 +138,4 @@ def model_ref(key: str, labeler: str, model: dict, options: dict) -> ModelRef:
 
 
 # Importing the plugin modules registers them.
-from . import depth, saliency, shading  # noqa: E402, F401
+from . import depth, saliency, shading, world  # noqa: E402, F401

@@ -1,0 +1,152 @@
+"""The known-answer world's labelers (``ldmprobe.world``): learned ones and the exact one.
+
+``world-net`` is the world's "off-the-shelf" labeler: a small U-Net trained on renders
+(``ldmprobe.world.nets``), one folder per task, run on generated images and previews as TRACER,
+MiDaS or Intrinsic are in the studies. Output conventions are the tasks' own: saliency is the
+foreground probability in [0, 1] (binarised at ``threshold``), depth is inverse depth in 1/m
+(larger = nearer, as MiDaS), shading is grey linear shading. Images are resized (bilinear) to
+the net's training size and its maps back to the image size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..compat import ensure_torchvision_importable
+from ..models import ModelRef
+from ..world.nets import RECIPE_FILE
+from . import Labeler, image_size, register, resize_maps
+
+
+class _TargetedLabeler(Labeler):
+    """A labeler of several tasks whose ``target`` option picks the task it labels."""
+
+    tasks = ("saliency", "depth", "shading")
+
+    @classmethod
+    def configure(cls, options: dict) -> dict:
+        settings = super().configure(options)
+        if settings["target"] not in cls.tasks:
+            raise ValueError(
+                f"labeler {cls.name!r} needs option 'target', one of {list(cls.tasks)} (the "
+                f"task whose map it gives), got {settings['target']!r}"
+            )
+        return settings
+
+
+@register("world-net")
+class WorldNetLabeler(_TargetedLabeler):
+    """The world's dense labeler folder made by ``rules/world_labelers.smk``: a diffusers
+    ``UNet2DModel`` (``save_pretrained``) with one map per task, and its RECIPE.json, which
+    names the tasks in output order and the pixel fold. ``target`` picks the task's map."""
+
+    options = {"target": None, "threshold": 0.5, "normalise": "none"}
+
+    @classmethod
+    def weight_files(cls, settings: dict) -> tuple[tuple[str, ...], ...]:
+        return ((RECIPE_FILE,),)
+
+    @classmethod
+    def weights_hint(cls, settings: dict) -> str:
+        return (
+            "The world's labeler is made by the workflow: `snakemake --cores 2 "
+            "world/weights/labeler` (rules/world_labelers.smk)."
+        )
+
+    def load(self, path: Path, ref: ModelRef) -> None:
+        ensure_torchvision_importable()
+        import torch
+        from diffusers import UNet2DModel
+
+        record = json.loads((path / RECIPE_FILE).read_text())
+        target = self.settings["target"]
+        if target not in record["tasks"]:
+            raise ValueError(
+                f"{ref.key}: {ref.describe()} predicts {record['tasks']}, not {target!r}"
+            )
+        self.channel, self.fold = record["tasks"].index(target), record["recipe"]["fold"]
+        self.model = UNet2DModel.from_pretrained(path, torch_dtype=torch.float32)
+        self.model.to(self.device).eval()
+
+    def predict(self, images: list) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        from ..world.nets import dense_forward, to_pixels
+
+        height, width = image_size(images)
+        size = (self.model.config.sample_size * self.fold,) * 2
+        pixels = np.stack(
+            [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)) for im in images]
+        )
+        with torch.no_grad():
+            maps = dense_forward(self.model, to_pixels(pixels).to(self.device), self.fold)
+        maps = maps[:, self.channel]
+        if self.settings["target"] == "saliency":
+            maps = torch.sigmoid(maps)
+        return resize_maps(maps, height, width, "bilinear")
+
+
+@register("world")
+class WorldExactLabeler(_TargetedLabeler):
+    """Exact labels of the world's images, route (a) of issue 15 (``ldmprobe.world.fit``).
+
+    The saliency map is the image's palette mask (exact); depth (as inverse depth, 1/m) and
+    shading are the re-render of the scene fitted to the image's colour blobs. An image whose
+    fit fails (no object, too many, mask IoU below ``min_iou`` or PSNR below ``min_psnr``) gets
+    an all-NaN map: it has no label, and ``ldmprobe.labels`` excludes it. The model folder
+    holds the world's definition (``world.json``, written by the workflow from
+    ``ldmprobe.world.scenes``); it must match the renderer's, or the labels would be of
+    another world. Images are fitted at their own size (square).
+    """
+
+    options = {"target": None, "min_iou": 0.7, "min_psnr": 20.0, "normalise": "none"}
+
+    @classmethod
+    def weight_files(cls, settings: dict) -> tuple[tuple[str, ...], ...]:
+        from ..world.scenes import SPEC_FILE
+
+        return ((SPEC_FILE,),)
+
+    @classmethod
+    def weights_hint(cls, settings: dict) -> str:
+        return "The world's definition is written by the workflow: `snakemake world/weights/exact`."
+
+    def load(self, path: Path, ref: ModelRef) -> None:
+        from ..provenance import VERSION_KEY
+        from ..world.scenes import SPEC_FILE, world_spec
+
+        spec = json.loads((path / SPEC_FILE).read_text())
+        spec.pop(VERSION_KEY, None)  # which package version wrote it does not matter
+        if spec != world_spec():
+            raise ValueError(
+                f"{ref.key}: {path / SPEC_FILE} describes another world than this renderer's "
+                f"(ldmprobe.world.scenes); rebuild it with `snakemake --forcerun world_spec`"
+            )
+
+    def predict(self, images: list) -> np.ndarray:
+        from ..world.fit import fit_scene
+
+        image_size(images)
+        maps = []
+        for image in images:
+            fit = fit_scene(
+                np.asarray(image.convert("RGB")),
+                self.settings["min_iou"],
+                self.settings["min_psnr"],
+            )
+            maps.append(self.label_map(fit))
+        return np.stack(maps).astype(np.float32)
+
+    def label_map(self, fit) -> np.ndarray:
+        if not fit.ok:
+            return np.full(fit.mask.shape, np.nan, dtype=np.float32)
+        target = self.settings["target"]
+        if target == "saliency":
+            return fit.mask.astype(np.float32)
+        if target == "depth":
+            return (1.0 / fit.render.depth).astype(np.float32)
+        return fit.render.shading

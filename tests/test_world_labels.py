@@ -1,0 +1,203 @@
+"""Exact labels of the world's images (route (a)): the fit recovers rendered scenes, refuses
+what is not a scene of this world, and an image it refuses is excluded from the manifest."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest
+from ldmprobe.labels import TASKS, build_labeler, label_image, load_label
+from ldmprobe.models import ModelRef
+from ldmprobe.world.fit import fit_scene, save_world_spec
+from ldmprobe.world.scenes import (
+    PALETTE,
+    SPEC_FILE,
+    Scene,
+    SceneObject,
+    render,
+    render_dataset,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def renders():
+    return render_dataset(seed=11, count=40, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def fits(renders):
+    _, arrays = renders
+    return [fit_scene(image) for image in arrays["image"]]
+
+
+def test_fit_recovers_rendered_scenes(renders, fits):
+    scenes, arrays = renders
+    assert all(fit.ok for fit in fits), [fit.failure for fit in fits if not fit.ok]
+    iou = np.array([fit.iou for fit in fits])
+    psnr = np.array([fit.psnr for fit in fits])
+    assert iou.min() > 0.75 and np.median(iou) > 0.88
+    assert np.median(psnr) > 27
+    shapes, lights = [], []
+    for scene, fit, mask in zip(scenes, fits, arrays["mask"], strict=True):
+        # The saliency label is the image's own palette mask: exact.
+        np.testing.assert_array_equal(fit.mask, mask)
+        assert sorted(o.colour for o in fit.scene.objects) == sorted(
+            o.colour for o in scene.objects
+        )
+        lights.append(fit.scene.light == scene.light)
+        for obj in scene.objects:
+            fitted = next(o for o in fit.scene.objects if o.colour == obj.colour)
+            shapes.append(fitted.shape == obj.shape)
+    assert np.mean(lights) >= 0.9
+    assert np.mean(shapes) >= 0.8
+
+
+def test_refitted_depth_and_shading_follow_the_scene(renders, fits):
+    _, arrays = renders
+    depth_r = [
+        np.corrcoef(fit.render.depth.ravel(), truth.ravel())[0, 1]
+        for fit, truth in zip(fits, arrays["depth"], strict=True)
+    ]
+    shading_r = [
+        np.corrcoef(fit.render.shading.ravel(), truth.ravel())[0, 1]
+        for fit, truth in zip(fits, arrays["shading"], strict=True)
+    ]
+    assert np.median(depth_r) > 0.95 and np.median(shading_r) > 0.9
+
+
+def _failure(image):
+    fit = fit_scene(image)
+    assert not fit.ok
+    return fit.failure
+
+
+def test_fit_refuses_what_is_not_a_scene(renders):
+    _, arrays = renders
+    grey = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    assert _failure(grey).startswith("no object")
+    noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    assert "object colours" in _failure(noise)
+    # Four palette colours: more objects than a scene holds.
+    four = arrays["image"][0].copy()
+    for k, rgb in enumerate(list(PALETTE.values())[:4]):
+        four[50:58, 4 + 15 * k : 14 + 15 * k] = rgb
+    assert "object colours" in _failure(four)
+    # A red stripe across the image is no sphere, cube or cylinder: the silhouettes miss it.
+    stripe = render(Scene((), "left", (0.0, 0.0)), SIZE).image.copy()
+    stripe[40:43, :] = PALETTE["red"]
+    assert _failure(stripe).startswith("mask IoU")
+    # The right silhouette in the wrong colours of ground and sky: the re-render misses them.
+    scene = Scene((SceneObject("cube", "blue", 0.0, 4.0, 0.5),), "left", (0.0, 0.0))
+    repainted = render(scene, SIZE).image.copy()
+    background = ~render(scene, SIZE).mask
+    repainted[background] = (20, 20, 20)
+    assert _failure(repainted).startswith("PSNR")
+
+
+@pytest.fixture(scope="module")
+def spec_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world") / "exact"
+    save_world_spec(folder)
+    return folder
+
+
+def _labeler(folder, target):
+    ref = ModelRef("labels.tasks.x.model", str(folder))
+    return build_labeler("world", ref, "cpu", False, {"target": target})
+
+
+def test_world_labeler_gives_exact_maps_and_nan_for_failures(renders, spec_dir):
+    _, arrays = renders
+    images = [
+        Image.fromarray(arrays["image"][0]),
+        Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)),
+    ]
+    saliency = _labeler(spec_dir, "saliency").predict(images)
+    np.testing.assert_array_equal(saliency[0], arrays["mask"][0].astype(np.float32))
+    assert np.isnan(saliency[1]).all()
+    depth = _labeler(spec_dir, "depth").predict(images)[0]
+    assert np.isfinite(depth).all() and (depth > 0).all()
+    # Inverse depth: nearer (the bottom rows) is larger.
+    assert depth[-1].mean() > depth[SIZE // 2].mean()
+    with pytest.raises(ValueError, match="option 'target'"):
+        _labeler(spec_dir, None)
+
+
+def test_world_labeler_refuses_another_worlds_definition(tmp_path, spec_dir):
+    spec = json.loads((spec_dir / SPEC_FILE).read_text())
+    spec["ambient"] = 0.5
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="another world"):
+        _labeler(tmp_path, "depth")
+
+
+def test_an_image_without_label_is_excluded_from_the_manifest(tmp_path, renders, spec_dir):
+    _, arrays = renders
+    labeler = _labeler(spec_dir, "saliency")
+    images = {"good": arrays["image"][1], "bad": np.full((SIZE, SIZE, 3), 90, np.uint8)}
+    paths = collections.defaultdict(list)
+    for name, pixels in images.items():
+        image = tmp_path / f"{name}.png"
+        Image.fromarray(pixels).save(image)
+        # Its one preview: the good image's shows no scene yet (NaN), the bad one's does.
+        preview = tmp_path / f"{name}-preview.png"
+        Image.fromarray(images["bad" if name == "good" else "good"]).save(preview)
+        out = tmp_path / f"{name}.npz"
+        label_image(labeler, TASKS["saliency"], {}, image, [preview], out, {"model": "x"})
+        paths["image"].append(str(image))
+        paths["label_saliency"].append(str(out))
+    good = load_label(tmp_path / "good.npz")
+    assert np.isnan(good["preview_target"][0]).all() and not np.isnan(good["target"]).any()
+    prompts = pd.DataFrame({"prompt_id": ["good", "bad"], "seed": [1, 2], "split": ["train"] * 2})
+    manifest = build_manifest(prompts, dict(paths), str(tmp_path / "dataset.csv"))
+    assert manifest["split"].tolist() == ["train", EXCLUDED]
+    again = read_manifest(str(tmp_path / "dataset.csv"))
+    assert again["excluded_by"].tolist() == ["", "saliency"]
+    assert again["split"].tolist() == ["train", EXCLUDED]
+
+
+def test_fit_holds_on_blurred_renders(renders):
+    """Generated images are softer than renders: a blur of one pixel keeps most fits, with the
+    right number of objects."""
+    from PIL import ImageFilter
+
+    scenes, arrays = renders
+    blurred = [
+        np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.0)))
+        for image in arrays["image"]
+    ]
+    fits = [fit_scene(image) for image in blurred]
+    assert np.mean([fit.ok for fit in fits]) >= 0.85
+    assert all(
+        len(fit.scene.objects) == len(scene.objects)
+        for fit, scene in zip(fits, scenes, strict=True)
+        if fit.ok
+    )
+
+
+def test_fit_faithfulness_table_counts_what_each_task_keeps(tmp_path, renders):
+    from ldmprobe.world.quality import fit_faithfulness
+
+    _, arrays = renders
+    images = []
+    for index, pixels in enumerate([*arrays["image"][:3], np.full((SIZE, SIZE, 3), 90, np.uint8)]):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(pixels).save(path)
+        images.append({"prompt_id": f"p{index}", "seed": index, "path": str(path)})
+    strict = {"min_iou": 1.01}  # no re-render matches the image this well
+    table, summary = fit_faithfulness(images, {"saliency": {}, "depth": strict})
+    assert table["kept_saliency"].tolist() == [True, True, True, False]
+    assert not table["kept_depth"].any()
+    assert table["failure"].iloc[3].startswith("no object") and np.isnan(table["psnr"].iloc[3])
+    counts = summary.set_index("metric")["mean"]
+    assert counts["excluded_saliency"] == 1 and counts["excluded_depth"] == 4
+    assert counts["kept_saliency"] == 0.75
+    assert summary.set_index("metric").loc["mask_iou", "n"] == 3
