@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 8
 
-.PHONY: install demo report test lint format clean bench bench-gpu bench-cluster
+.PHONY: install demo report test lint format clean bench bench-gpu bench-cluster world-weights
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -18,6 +18,13 @@ install: $(VENV)/.installed
 demo: install
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml
 	$(SNAKEMAKE) --configfile config/demo.yaml --report results/report.html
+
+# Retrains every model of the known-answer world from scratch into world/weights: the latent
+# diffusion model (rules/world.smk), the labelers, classifier and exact labels' world definition
+# (rules/world_labelers.smk); each folder with its RECIPE.json.
+world-weights: install
+	$(SNAKEMAKE) --cores 2 --configfile config/world.yaml \
+		--forcerun world_vae world_labeler world_classifier world_spec -- world_weights
 
 test: install
 	$(PY) -m pytest -q -n 2 tests

@@ -21,6 +21,9 @@ include: "rules/probes.smk"
 include: "rules/figures.smk"
 include: "rules/classify.smk"
 include: "rules/world_labelers.smk"
+include: "rules/world.smk"
+include: "rules/images.smk"
+include: "rules/intervention.smk"
 
 
 report: "report/workflow.rst"

@@ -58,7 +58,9 @@ def run_mode(pipe, mode: str, prompt: str, seed: int, size: int, steps: int, out
                 width=size,
                 num_inference_steps=steps,
                 guidance_scale=7.5,
-                latents=initial_noise(seed, size, size).to(pipe.device, pipe.unet.dtype),
+                latents=initial_noise(seed, (4, size // 8, size // 8)).to(
+                    pipe.device, pipe.unet.dtype
+                ),
             )
         return
     settings = GenerationSettings(
@@ -138,8 +140,8 @@ def main(argv=None) -> None:
     steps, reps = (2, 1) if options.tiny else (options.steps, options.reps)
     dtype = options.dtype or ("float16" if options.full_size else "float32")
 
-    from ldmprobe.jobs import resolve_device, setup_job
-    from ldmprobe.models import ModelRef, load_diffusion_pipeline
+    from ldmprobe.jobs import setup_job
+    from ldmprobe.models import ModelRef, load_diffusion_pipeline, resolve_device
 
     setup_job(None)
     import logging

@@ -79,7 +79,8 @@ def write_labels(work: Path, n_images: int, label_size: int, previews: int) -> d
     """One binary label file (saliency) and one continuous (depth, shading) per image."""
     from PIL import Image
 
-    from ldmprobe.labels import TASKS, label_image
+    from ldmprobe.labels import label_image
+    from ldmprobe.tasks import TASKS
 
     image = work / "image.png"
     Image.new("RGB", (label_size, label_size), (128, 128, 128)).save(image)
@@ -211,7 +212,8 @@ def worker(
 
     from ldmprobe.cell import Cell, load_activations
     from ldmprobe.dataset import read_manifest
-    from ldmprobe.jobs import probe, resolve_device
+    from ldmprobe.jobs import probe
+    from ldmprobe.models import resolve_device
 
     torch.set_num_threads(1)
     settings = {task: {**values, "epochs": epochs} for task, values in TASK_SETTINGS.items()}

@@ -127,7 +127,8 @@ def main(argv=None) -> None:
     if options.codecs:
         codecs = [codec for codec in CODECS if codec_label(codec) in options.codecs]
 
-    from ldmprobe.jobs import resolve_device, setup_job
+    from ldmprobe.jobs import setup_job
+    from ldmprobe.models import resolve_device
 
     setup_job(None)
     import logging

@@ -31,12 +31,18 @@ def grid(config: dict) -> tuple[list, list[int], int]:
     ensure_torchvision_importable()
     from diffusers import DDPMScheduler
 
+    from ldmprobe.backbones import get_backbone
     from ldmprobe.generation import count_unet_calls
     from ldmprobe.layers import discover_layers, select_layers
     from ldmprobe.models import make_scheduler
 
     generation = config["generation"]
-    layers = discover_layers(unet_on_meta(), generation["height"] // 8, generation["width"] // 8)
+    backbone = get_backbone(config["models"]["diffusion"]["backbone"])
+    unet = unet_on_meta()
+    _channels, latent_h, latent_w = backbone.latent_shape(
+        unet, generation["height"], generation["width"]
+    )
+    layers = discover_layers(backbone, unet, latent_h, latent_w)
     layers = select_layers(layers, config["probe"]["layers"])
     # SD v1.x's training schedule; the workflow swaps in the configured scheduler the same way.
     base = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

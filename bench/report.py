@@ -182,7 +182,8 @@ def store_set_rows(records, machines):
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
-        steps = c["read"]["unet"]["steps"]
+        # The plan is keyed by source role; records made before the backbone seam by "unet".
+        steps = c["read"].get("denoiser", c["read"].get("unet"))["steps"]
         rows.append(
             [
                 machines.ref(r),

@@ -17,81 +17,70 @@ rule classification:
 CLASSIFY_DIR = f"{CLASSIFY}/generation/{{prompt_id}}/{{seed}}"
 CLASSIFY_PREDICTIONS = f"{CLASSIFY}/predictions/{{prompt_id}}/{{seed}}"
 
-for rule_name, batch in image_rules("classify_generate", CLASSIFY_KEYS):
-
-    rule:
-        name:
-            rule_name
-        input:
-            model_input(CONFIG["models"]["diffusion"]),
-        output:
-            image=image_files(f"{CLASSIFY_DIR}/image.png", batch),
-            previews=directory(image_files(f"{CLASSIFY_DIR}/previews", batch)),
-            latents=directory(image_files(f"{CLASSIFY_DIR}/latents.zarr", batch)),
-            meta=image_files(f"{CLASSIFY_DIR}/meta.json", batch),
-        log:
-            image_log(f"{LOGS}/classify_generate", batch),
-        group:
-            image_group(batch)
-        conda:
-            "../envs/generate.yaml"
-        resources:
-            **gpu_resources(CONFIG["generation"]["device"], batch),
-        params:
-            images=image_fields(
-                lambda prompt_id, seed: {
-                    "prompt": CLASSIFY_ROWS[(prompt_id, seed)]["prompt"],
-                    "seed": seed,
-                },
-                batch,
-            ),
-            model=CONFIG["models"]["diffusion"],
-            allow_download=untracked(ALLOW_DOWNLOAD),
-            generation=CLASSIFY_GENERATION,
-            device=untracked(CONFIG["generation"]["device"]),
-        script:
-            "../scripts/classify_generate.py"
-
-
-for rule_name, batch in image_rules("classify", CLASSIFY_KEYS):
-
-    rule:
-        name:
-            rule_name
-        input:
-            image=image_files(f"{CLASSIFY_DIR}/image.png", batch),
-            previews=image_files(f"{CLASSIFY_DIR}/previews", batch),
-            meta=image_files(f"{CLASSIFY_DIR}/meta.json", batch),
-            model=model_input(CLASSIFICATION["model"]),
-        output:
-            topk=image_files(f"{CLASSIFY_PREDICTIONS}/topk.csv", batch),
-            curves=image_files(f"{CLASSIFY_PREDICTIONS}/curves.csv", batch),
-        log:
-            image_log(f"{LOGS}/classify", batch),
-        group:
-            image_group(batch)
-        conda:
-            "../envs/labels.yaml"
-        resources:
-            **gpu_resources(CLASSIFICATION["device"], batch),
-        params:
-            images=image_fields(
-                lambda prompt_id, seed: {
-                    "prompt_id": prompt_id,
-                    "seed": seed,
-                    "target": CLASSIFY_ROWS[(prompt_id, seed)]["class_index"],
-                },
-                batch,
-            ),
-            model=CLASSIFICATION["model"],
-            allow_download=untracked(ALLOW_DOWNLOAD),
-            device=untracked(CLASSIFICATION["device"]),
-            batch_size=untracked(CLASSIFICATION["batch_size"]),
-            top_k=CLASSIFICATION["top_k"],
-            kinds=CLASSIFICATION["preview_kinds"],
-            classes=CLASSIFICATION["classes"],
-        script:
-            "../scripts/classify.py"
+# Per image (or batch of images): generation without activations, then the classifier on
+# every preview and the final image (rules made in rules/images.smk).
+IMAGE_STAGES.append(
+    ImageStage(
+        stage="classify_generate",
+        keys=CLASSIFY_KEYS,
+        log_folder=f"{LOGS}/classify_generate",
+        device=CONFIG["generation"]["device"],
+        fields=lambda prompt_id, seed: {
+            "prompt": CLASSIFY_ROWS[(prompt_id, seed)]["prompt"],
+            "seed": seed,
+        },
+        environment="../envs/generate.yaml",
+        entry_point="classify_generate.py",
+        settings={
+            "model": CONFIG["models"]["diffusion"],
+            "allow_download": untracked(ALLOW_DOWNLOAD),
+            "generation": CLASSIFY_GENERATION,
+            "device": untracked(CONFIG["generation"]["device"]),
+        },
+        model=model_input(CONFIG["models"]["diffusion"]),
+        outputs={
+            "image": f"{CLASSIFY_DIR}/image.png",
+            "previews": f"{CLASSIFY_DIR}/previews",
+            "latents": f"{CLASSIFY_DIR}/latents.zarr",
+            "meta": f"{CLASSIFY_DIR}/meta.json",
+        },
+        directories=("previews", "latents"),
+    )
+)
+IMAGE_STAGES.append(
+    ImageStage(
+        stage="classify",
+        keys=CLASSIFY_KEYS,
+        log_folder=f"{LOGS}/classify",
+        device=CLASSIFICATION["device"],
+        fields=lambda prompt_id, seed: {
+            "prompt_id": prompt_id,
+            "seed": seed,
+            "target": CLASSIFY_ROWS[(prompt_id, seed)]["class_index"],
+        },
+        environment="../envs/labels.yaml",
+        entry_point="classify.py",
+        settings={
+            "model": CLASSIFICATION["model"],
+            "allow_download": untracked(ALLOW_DOWNLOAD),
+            "device": untracked(CLASSIFICATION["device"]),
+            "batch_size": untracked(CLASSIFICATION["batch_size"]),
+            "top_k": CLASSIFICATION["top_k"],
+            "kinds": CLASSIFICATION["preview_kinds"],
+            "classes": CLASSIFICATION["classes"],
+        },
+        inputs={
+            "image": f"{CLASSIFY_DIR}/image.png",
+            "previews": f"{CLASSIFY_DIR}/previews",
+            "meta": f"{CLASSIFY_DIR}/meta.json",
+        },
+        model=model_input(CLASSIFICATION["model"]),
+        outputs={
+            "topk": f"{CLASSIFY_PREDICTIONS}/topk.csv",
+            "curves": f"{CLASSIFY_PREDICTIONS}/curves.csv",
+        },
+    )
+)
 
 
 rule classify_summary:

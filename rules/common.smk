@@ -2,11 +2,13 @@
 # cluster job), so it only reads small files: the config, the prompt table, model folders.
 import json
 import os
+import re
+from dataclasses import dataclass, field
 
+from ldmprobe.backbones import get_backbone
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
-from ldmprobe.metrics import METRICS_OF_KIND
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
 from ldmprobe.preflight import (
     DiskSpaceError,
@@ -16,6 +18,8 @@ from ldmprobe.preflight import (
 )
 from ldmprobe.reads import check_stored, store_plan
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
+from ldmprobe.sources import DENOISER
+from ldmprobe.tasks import TASKS
 
 
 def fail(message):
@@ -34,10 +38,12 @@ except (ConfigError, PromptTableError) as error:
 RESULTS = CONFIG["results"]
 LOGS = f"{RESULTS}/logs"
 DEMO_DIR = CONFIG["models"]["demo_dir"]
+WORLD_WEIGHTS = CONFIG["world"]["weights_dir"]
 ALLOW_DOWNLOAD = CONFIG["models"]["allow_download"]
 TASK_NAMES = list(CONFIG["labels"]["tasks"])
-TASK_KIND = {"saliency": "binary", "depth": "continuous", "shading": "continuous"}
-SOURCE = "unet"
+# The denoiser's source name ("unet" for Stable Diffusion): its probes, figures and examples.
+BACKBONE = get_backbone(CONFIG["models"]["diffusion"]["backbone"])
+SOURCE = DENOISER.name(BACKBONE.kind)
 
 
 wildcard_constraints:
@@ -52,7 +58,11 @@ wildcard_constraints:
 
 
 def built_by_workflow(model):
-    return DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR)
+    """Demo models are the workflow's own; the world's trained weights are committed, used as
+    they are, and trained by the workflow (rules/world.smk) only when absent."""
+    if DEMO_DIR is not None and is_inside(model["id"], DEMO_DIR):
+        return True
+    return is_inside(model["id"], WORLD_WEIGHTS) and not os.path.isdir(model["id"])
 
 
 def model_refs():
@@ -81,7 +91,26 @@ try:
     )
 except MissingModelError as error:
     _missing.append(str(error))
-if _missing:
+
+
+def dry_run():
+    """Whether this is `snakemake -n` (also `-np`, `--dry-run`): Snakemake parses the Snakefile
+    before it sets its executor, so the command line is what says so at parse time."""
+    return any(
+        arg in ("--dry-run", "--dryrun") or re.fullmatch(r"-[a-zA-Z]*n[a-zA-Z]*", arg)
+        for arg in sys.argv[1:]
+    )
+
+
+if _missing and dry_run():
+    # A dry run builds the DAG up to the layer table without any weights: say what is missing,
+    # and that a real run stops here.
+    sys.stderr.write(
+        "\nldmprobe: dry run without these models; a real run stops here:\n"
+        + "\n".join(_missing)
+        + "\n\n"
+    )
+elif _missing:
     fail("\n".join(_missing))
 try:
     check_store(CONFIG)
@@ -91,7 +120,8 @@ except ConfigError as error:
 
 def store_params():
     """What the generate jobs write (generation.store resolved against the readers: the
-    probe grid and the controls): a param, so that a change reruns generation."""
+    probe grid, the controls and the intervention): a param, so a change reruns generation.
+    """
     return {
         source: selection.to_dict() for source, selection in store_plan(CONFIG).items()
     }
@@ -153,6 +183,46 @@ def probe_resources(device):
     return resources
 
 
+@dataclass
+class ImageStage:
+    """A per-image stage (generate, label, classify_generate, classify), declared in its own
+    .smk; rules/images.smk makes its rules, one wildcard rule per image with images_per_job 1,
+    else one rule per batch. ``inputs`` and ``outputs`` are per-image path patterns (those in
+    ``directories`` are folders); ``model`` is the model input, as is; ``fields(prompt_id,
+    seed)`` gives each image's entry of the rule's ``images`` param; ``settings`` are the rest
+    of its params; ``entry_point`` is its script under scripts/. (Field names avoid Snakemake's keywords, which snakefmt reads as such.)
+    """
+
+    stage: str
+    keys: list
+    log_folder: str
+    device: str
+    fields: object
+    environment: str
+    entry_point: str
+    settings: dict
+    outputs: dict
+    inputs: dict = field(default_factory=dict)
+    model: object = ()
+    directories: tuple = ()
+
+    def input_files(self, batch):
+        files = {
+            name: image_files(pattern, batch) for name, pattern in self.inputs.items()
+        }
+        return {**files, "model": self.model}
+
+    def output_files(self, batch):
+        return {
+            name: (directory(files) if name in self.directories else files)
+            for name, pattern in self.outputs.items()
+            for files in [image_files(pattern, batch)]
+        }
+
+
+IMAGE_STAGES = []
+
+
 def image_rules(stage, keys):
     """Name and batch of each of a per-image stage's rules. With images_per_job 1, one
     wildcard rule named `stage` (batch None); else `stage`_batch<i> for each batch of the
@@ -212,7 +282,7 @@ def dataset_inputs(wildcards):
         "meta": per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json"),
     }
     for task in TASK_NAMES:
-        inputs[f"label_{task}"] = per_image(
+        inputs[TASKS[task].label_key] = per_image(
             f"{RESULTS}/labels/{task}/{{prompt_id}}/{{seed}}.npz"
         )
     return inputs
@@ -225,7 +295,7 @@ if workflow.is_main_process:
         _space = disk_preflight(
             CONFIG,
             _pending["store"],
-            [path for task in TASK_NAMES for path in _pending[f"label_{task}"]],
+            [path for task in TASK_NAMES for path in _pending[TASKS[task].label_key]],
         )
     except DiskSpaceError as error:
         fail(error)
@@ -264,19 +334,10 @@ def probe_grid():
     return [layer.name for layer in chosen], sorted(steps)
 
 
-def cell_files(name):
-    layers, steps = probe_grid()
-    return [
-        f"{RESULTS}/probes/{SOURCE}/{layer}/step{step}/{name}"
-        for layer in layers
-        for step in steps
-    ]
-
-
 def figure_files():
     files = []
     for task in TASK_NAMES:
-        for metric in METRICS_OF_KIND[TASK_KIND[task]]:
+        for metric in TASKS[task].metrics:
             files.append(f"{RESULTS}/figures/heatmap/{task}-{metric}.png")
             files.append(f"{RESULTS}/figures/curves/{task}-{metric}.png")
         files.append(f"{RESULTS}/figures/examples/{task}.png")
@@ -291,6 +352,8 @@ def final_outputs(wildcards):
         # emergence_outputs: rules/controls_common.smk (emergence tables, comparison figures).
         *emergence_outputs(),
         *classification_outputs(),
+        # intervention_outputs: rules/intervention.smk (empty unless intervention.enabled).
+        *intervention_outputs(),
     ]
 
 

@@ -1,26 +1,19 @@
 # Parse-time part of the controls and the emergence stage (config keys `controls`,
 # `metrics.emergence_fraction`): which sources are probed on which grid, and their outputs.
-from ldmprobe.controls import (
-    LATENT,
-    LATENT_LAYER,
-    PERMUTED,
-    VAE,
-    VAE_LAYER,
-    half_of,
-)
+# Each source's facts are declared once, in ldmprobe.sources.
+from ldmprobe.sources import PERMUTED, VAE, named, probed
 
-CONTROL_KEYS = {PERMUTED: "permuted_unet", VAE: "vae", LATENT: "latent"}
-SOURCES = [SOURCE] + [
-    source for source, key in CONTROL_KEYS.items() if CONFIG["controls"][key]["enabled"]
-]
+SOURCES = probed(CONFIG, BACKBONE.kind)
 
 
 def source_grid(source):
     """(layers, steps) probed for a source; a control's null layers/steps follow probe.*."""
     layers, steps = probe_grid()
-    if source == SOURCE:
+    declared = named(source)
+    if declared.control is None:
         return layers, steps
-    section = CONFIG["controls"][CONTROL_KEYS[source]]
+    key = f"controls.{declared.control}"
+    section = CONFIG["controls"][declared.control]
     n_calls = layer_table()["unet_calls"]
     if section["steps"] == "all":
         steps = list(range(n_calls))
@@ -28,21 +21,19 @@ def source_grid(source):
         steps = sorted(section["steps"])
         if steps[-1] >= n_calls:
             fail(
-                f"config key 'controls.{CONTROL_KEYS[source]}.steps': {steps} out of range; "
+                f"config key '{key}.steps': {steps} out of range; "
                 f"this schedule makes {n_calls} U-Net calls (steps 0..{n_calls - 1})"
             )
-    if source == VAE:
-        return [VAE_LAYER], steps
-    if source == LATENT:
-        return [LATENT_LAYER], steps
-    if section["layers"] is not None:
+    if declared.layer is not None:
+        return [declared.layer["name"]], steps
+    if section.get("layers") is not None:
         from ldmprobe.layers import Layer, select_layers
 
         table = [Layer(**entry) for entry in layer_table()["layers"]]
         try:
             layers = [layer.name for layer in select_layers(table, section["layers"])]
         except ValueError as error:
-            fail(f"config key 'controls.permuted_unet.layers': {error}")
+            fail(f"config key '{key}.layers': {error}")
     return layers, steps
 
 
@@ -70,16 +61,17 @@ def generation_controls():
     so that switching a control off or on reruns generation only when it has to."""
     controls = CONFIG["controls"]
     chosen = {}
-    permuted = controls["permuted_unet"]
+    permuted = controls[PERMUTED.control]
     if permuted["enabled"]:
         layers = permuted["layers"] or CONFIG["probe"]["layers"]
-        chosen["permuted_unet"] = {
+        chosen[PERMUTED.control] = {
             "enabled": True,
             "seed": permuted["seed"],
             "layers": layers,
         }
-    if controls["vae"]["enabled"]:
-        chosen["vae"] = {"enabled": True, "latent": controls["vae"]["latent"]}
+    vae = controls[VAE.control]
+    if vae["enabled"]:
+        chosen[VAE.control] = {"enabled": True, "latent": vae["latent"]}
     return chosen
 
 
@@ -90,6 +82,6 @@ def emergence_outputs():
         *[
             f"{RESULTS}/figures/comparison/{task}-{metric}.png"
             for task in TASK_NAMES
-            for metric in METRICS_OF_KIND[TASK_KIND[task]]
+            for metric in TASKS[task].metrics
         ],
     ]

@@ -30,7 +30,9 @@ rule probe:
         **probe_resources(CONFIG["probe"]["device"]),
     params:
         # The VAE and latent controls come from the guided trajectory, not one CFG half.
-        half=lambda wildcards: half_of(wildcards.source, CONFIG["probe"]["cfg_half"]),
+        half=lambda wildcards: named(wildcards.source).half_for(
+            CONFIG["probe"]["cfg_half"]
+        ),
         settings=probe_settings(CONFIG),
         device=untracked(CONFIG["probe"]["device"]),
     script:
@@ -99,7 +101,7 @@ rule emergence:
     conda:
         "../envs/probes.yaml"
     params:
-        task_kinds={task: TASK_KIND[task] for task in TASK_NAMES},
+        tasks=TASK_NAMES,
         metrics=CONFIG["metrics"],
     script:
         "../scripts/emergence.py"

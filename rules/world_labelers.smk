@@ -4,7 +4,7 @@
 # world_spec world_labeler world_classifier` retrains them from scratch (README).
 from ldmprobe.world.nets import CLASSIFIER_DEFAULTS, recipe
 
-WORLD_WEIGHTS = CONFIG["world"]["weights_dir"]
+# WORLD_WEIGHTS: rules/common.smk (models there are trained here only when absent).
 try:
     WORLD_LABELER_RECIPE = recipe(CONFIG["world"]["labeler"])
     WORLD_CLASSIFIER_RECIPE = recipe(CONFIG["world"]["classifier"], CLASSIFIER_DEFAULTS)

@@ -12,6 +12,6 @@ jobs.label(
         snakemake.params.images,
         image=snakemake.input.image,
         previews=snakemake.input.previews,
-        out=snakemake.output,
+        out=snakemake.output.labels,
     ),
 )

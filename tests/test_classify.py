@@ -16,22 +16,18 @@ import zarr
 from PIL import Image
 from workflow import jobs_to_run, run_snakemake, tiny_config
 
-from ldmprobe.classify import (
+from ldmprobe.classify_figures import first_correct_figure, topk_figure
+from ldmprobe.classify_jobs import classify_job, first_correct_figure_job, load_classifier
+from ldmprobe.classify_prompts import imagenet_classes, load_classification_prompts
+from ldmprobe.classify_stats import (
     FINAL,
     class_ranks,
-    classify_job,
     curves_table,
     final_table,
-    first_correct_figure,
-    first_correct_figure_job,
     first_correct_table,
-    imagenet_classes,
-    load_classification_prompts,
-    load_classifier,
     settled_step,
     summary_table,
     top_k_table,
-    topk_figure,
 )
 from ldmprobe.io import write_csv
 from ldmprobe.metrics import bootstrap_ci
@@ -342,10 +338,13 @@ def test_bad_class_names_the_line(tmp_path, rows, line, message):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("prompt_id,prompt,seed\na,x,1\n", "column 'imagenet_class'.*is not in the header"),
+        (
+            "prompt_id,prompt,seed\na,x,1\n",
+            r"no column 'imagenet_class' \(config key classification.prompts.columns.target\)",
+        ),
         (
             "prompt_id,prompt,seed,imagenet_class,imagenet_class\na,x,1,1,2\n",
-            "appears more than once",
+            "column 'imagenet_class' appears 2 times",
         ),
         (HEADER + "a,x,1.5,951\n", "line 2: seed"),  # the id/prompt/seed checks still apply
     ],

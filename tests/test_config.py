@@ -33,7 +33,15 @@ def test_defaults_are_filled():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c.update(bogus=1), r"'\(top level\)'.*'bogus' was unexpected"),
+        (lambda c: c.update(bogus=1), r"'\(top level\)'.*'bogus' was unexpected\); allowed"),
+        (
+            lambda c: c["generation"].update(stpes=15),
+            r"'generation'.*'stpes' was unexpected\); did you mean 'steps'\?; allowed keys",
+        ),
+        (
+            lambda c: c["controls"].update(postion={"enabled": True}),
+            r"'controls'.*did you mean 'position'\?",
+        ),
         (lambda c: c["generation"].update(steps="15"), r"'generation.steps'.*not of type"),
         (lambda c: c["generation"].update(steps=0), r"'generation.steps'.*minimum"),
         (
@@ -56,6 +64,19 @@ def test_bad_config_names_the_key(edit, message):
     edit(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_schema_reads_the_declared_tasks_and_controls():
+    """Task names come from ldmprobe.tasks; the controls section has one entry per declared
+    control source (ldmprobe.sources), and nothing else."""
+    from ldmprobe.config import load_schema
+    from ldmprobe.sources import CONTROLS
+    from ldmprobe.tasks import TASKS
+
+    schema = load_schema()["properties"]
+    for section in ("labels", "probe"):
+        assert schema[section]["properties"]["tasks"]["propertyNames"] == {"enum": list(TASKS)}
+    assert set(schema["controls"]["properties"]) == {source.control for source in CONTROLS}
 
 
 def test_probe_settings_merge_task_overrides():

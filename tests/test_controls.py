@@ -10,21 +10,15 @@ import pytest
 import torch
 import zarr
 
-from ldmprobe import jobs
+from ldmprobe import jobs, sources
 from ldmprobe.aggregate import summarise_metrics
-from ldmprobe.controls import (
-    GUIDED,
-    LATENT,
-    LATENT_LAYER,
-    PERMUTED,
-    VAE,
-    VAE_LAYER,
-    half_of,
-    permute_weights,
-    read_tokens,
-    token_grid,
-)
+from ldmprobe.generation import permute_weights
 from ldmprobe.models import ModelRef, load_diffusion_pipeline
+from ldmprobe.sources import GUIDED, named
+
+PERMUTED = sources.PERMUTED.name("unet")
+VAE, VAE_LAYER = sources.VAE.name(), sources.VAE.layer["name"]
+LATENT, LATENT_LAYER = sources.LATENT.name(), sources.LATENT.layer["name"]
 
 SEED = 5
 PROMPT = "a lemon on a table"
@@ -85,7 +79,7 @@ CONTROLS = {
 def generation_job(demo_models, images: list[tuple[str, int, object]]) -> None:
     """The generate job with every control on: (prompt, seed, output folder) per image."""
     jobs.generate(
-        model={"id": str(demo_models / "stable-diffusion")},
+        model={"id": str(demo_models / "stable-diffusion"), "backbone": "stable-diffusion"},
         allow_download=False,
         generation=GENERATION,
         images=[
@@ -136,9 +130,9 @@ def test_meta_records_controls_and_prompt_encoding(controlled):
         "vae_latent": "x0",
     }
     assert sorted(group[PERMUTED]["cond"].array_keys()) == ["mid.0", "up3.2"]
-    assert token_grid(group, VAE, VAE_LAYER) == (8, 8)
-    assert token_grid(group, PERMUTED, "up3.2") == (8, 8)
-    assert token_grid(group, LATENT, LATENT_LAYER) == (8, 8)
+    assert named(VAE).grid(group, VAE, VAE_LAYER) == (8, 8)
+    assert named(PERMUTED).grid(group, PERMUTED, "up3.2") == (8, 8)
+    assert named(LATENT).grid(group, LATENT, LATENT_LAYER) == (8, 8)
 
 
 def test_permuted_activations_are_a_permuted_unet_on_the_real_inputs(controlled, demo_models):
@@ -180,11 +174,12 @@ def test_vae_activations_come_from_decoding_each_steps_latent(controlled, demo_m
 
 def test_latent_tokens_are_the_unet_input_per_position(controlled):
     out, group, _meta = controlled
-    tokens = read_tokens(group, LATENT, GUIDED, LATENT_LAYER, 1, out / "activations.zarr")
+    tokens = named(LATENT).read(group, LATENT, GUIDED, LATENT_LAYER, 1, out / "activations.zarr")
     latent = np.asarray(group["latents/xt"][1])
     assert tokens.shape == (64, 4)
     assert np.array_equal(tokens[8 * 2 + 5], latent[:, 2, 5])  # token (row 2, col 5)
-    assert half_of(LATENT, "cond") == GUIDED and half_of(PERMUTED, "uncond") == "uncond"
+    assert named(LATENT).half_for("cond") == GUIDED
+    assert named(PERMUTED).half_for("uncond") == "uncond"
 
 
 def test_controls_off_write_only_the_unet(demo_models, tmp_path):
@@ -219,6 +214,7 @@ def test_summary_rows_of_controls_and_labeler_carry_their_source():
         (PERMUTED, "up3.2"),
         (VAE, VAE_LAYER),
         (LATENT, LATENT_LAYER),
+        ("position", "grid"),
         ("labeler", "preview"),
     ]:
         for image, value in enumerate([0.2, 0.4, 0.9]):
@@ -236,8 +232,29 @@ def test_summary_rows_of_controls_and_labeler_carry_their_source():
                 }
             )
     summary = summarise_metrics(pd.DataFrame(rows), layers, "demo", 100, 0.95, 0)
-    assert sorted(summary.source) == sorted(["unet", PERMUTED, VAE, LATENT, "labeler"])
+    assert sorted(summary.source) == sorted(["unet", PERMUTED, VAE, LATENT, "position", "labeler"])
     by_source = summary.set_index("source")
     assert by_source.loc[PERMUTED, "block"] == "up_blocks.3"
     assert by_source.loc[VAE, "block"] == "vae.decoder.mid_block"
     assert np.allclose(summary["mean"], 0.5)
+
+
+def test_position_tokens_are_a_cosine_basis_that_can_fit_any_map_of_a_small_grid(controlled):
+    out, group, _meta = controlled
+    position = sources.POSITION.name()
+    tokens = named(position).read(group, position, GUIDED, "grid", 2, out / "activations.zarr")
+    assert named(position).grid(group, position, "grid") == (8, 8)
+    assert tokens.shape == (64, 64)  # 8 x 8 frequencies on the 8 x 8 latent grid
+    # As good as a one-hot code here: a linear map of the tokens fits any map of position...
+    target = np.random.default_rng(0).normal(size=64)
+    weights, *_ = np.linalg.lstsq(tokens, target, rcond=None)
+    np.testing.assert_allclose(tokens @ weights, target, atol=1e-8)
+    # ...and it knows nothing of the image: the same tokens at every step and in every store.
+    again = named(position).read(group, position, GUIDED, "grid", 0, out / "activations.zarr")
+    assert np.array_equal(tokens, again) and named(position).half_for("cond") == GUIDED
+    # On a larger grid only the first frequencies of each axis: smooth maps of position.
+    large = sources.position_features(32, 16)
+    assert large.shape == (512, 64) and np.linalg.matrix_rank(large) == 64
+    row_of_token = np.repeat(np.arange(32), 16).astype(float)
+    weights, *_ = np.linalg.lstsq(large, row_of_token, rcond=None)
+    assert np.corrcoef(large @ weights, row_of_token)[0, 1] > 0.99  # depth-like: row of token

@@ -121,7 +121,7 @@ def test_emergence_table_counts_images_not_id_seed_pairs(constructed):
 
 def test_comparison_picks_the_best_layer_and_says_so(constructed):
     table = emergence_table(constructed, 0.9, n_resamples=50, level=0.95, seed=0)
-    row = comparison(table, {"saliency": "binary"}).iloc[0]
+    row = comparison(table, ["saliency"]).iloc[0]
     assert row.probe_layer == "up3.2" and row.probe_step == 2 and row.labeler_step == 14
     assert "probe on up3.2 from step 2" in row.sentence
     assert "labeler on the previews from step 14" in row.sentence

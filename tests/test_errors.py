@@ -132,11 +132,13 @@ def test_alternatives_are_spelled_out(key, value, message):
 
 def test_prompt_length_is_measured_and_truncation_reported(demo_pipe, caplog):
     """The demo tokenizer is byte-level: a one-letter word is one token, plus start and end."""
-    from ldmprobe.generation import check_prompt_length
+    from ldmprobe.backbones import backbone_of
+
+    check_prompt_length = backbone_of(demo_pipe).prompt_length
 
     limit = demo_pipe.tokenizer.model_max_length
     assert limit == 77
-    with caplog.at_level(logging.WARNING, logger="ldmprobe.generation"):
+    with caplog.at_level(logging.WARNING, logger="ldmprobe.backbones.stable_diffusion"):
         fits = check_prompt_length(demo_pipe, " ".join(["a"] * (limit - 2)))
         assert not caplog.records
         too_long = check_prompt_length(demo_pipe, " ".join(["a"] * (limit - 1)))

@@ -5,9 +5,12 @@ import pytest
 import torch
 import zarr
 
+from ldmprobe.backbones.stable_diffusion import StableDiffusion, layer_name
 from ldmprobe.generation import GenerationSettings, alpha_bar, generate, initial_noise
-from ldmprobe.layers import discover_layers, layer_name, select_layers
-from ldmprobe.models import ModelRef, load_unet_on_meta
+from ldmprobe.layers import discover_layers, select_layers
+from ldmprobe.models import ModelRef, load_denoiser_on_meta
+
+SD = StableDiffusion()
 
 # Paper Table 1 for SD v1.x at 512 px: (block, layers, token side) in execution order.
 SD1_LAYOUT = [
@@ -22,8 +25,8 @@ SD1_LAYOUT = [
 
 
 def test_layers_are_discovered_from_the_model_in_execution_order(demo_models):
-    unet = load_unet_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
-    layers = discover_layers(unet, 64, 64)
+    unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
+    layers = discover_layers(SD, unet, 64, 64)
     expected = [(block, side) for block, count, side in SD1_LAYOUT for _ in range(count)]
     assert [(layer.block, layer.height) for layer in layers] == expected
     assert [layer.order for layer in layers] == list(range(16))
@@ -37,8 +40,8 @@ def test_layer_names_for_deeper_transformers():
 
 
 def test_layer_selection_by_pattern_and_unknown_pattern(demo_models):
-    unet = load_unet_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
-    layers = discover_layers(unet, 64, 64)
+    unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
+    layers = discover_layers(SD, unet, 64, 64)
     assert [layer.name for layer in select_layers(layers, ["up_blocks.3", "mid*"])] == [
         "mid.0",
         "up3.0",
@@ -52,7 +55,7 @@ def test_layer_selection_by_pattern_and_unknown_pattern(demo_models):
 def test_initial_noise_is_the_reference_recipe():
     torch.manual_seed(30918977)
     reference = torch.randn((1, 4, 64, 64))
-    assert torch.equal(initial_noise(30918977, 512, 512), reference)
+    assert torch.equal(initial_noise(30918977, (4, 64, 64)), reference)
 
 
 def test_sigma_schedulers_use_their_sigma(demo_pipe):
@@ -118,7 +121,7 @@ def test_cfg_halves_differ_and_cond_is_index_one(generated, demo_pipe):
             width=64,
             num_inference_steps=15,
             guidance_scale=7.5,
-            latents=initial_noise(7, 64, 64),
+            latents=initial_noise(7, (4, 8, 8)),
         )
     finally:
         handle.remove()

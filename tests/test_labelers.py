@@ -19,10 +19,9 @@ from PIL import Image
 from ldmprobe.compat import ensure_torchvision_importable
 from ldmprobe.config import ConfigError
 from ldmprobe.demo_models import build_demo_model
+from ldmprobe.labelers import LabelerUnavailable
 from ldmprobe.labelers.shading import LUMINANCE, grey_shading, uninvert_shading
 from ldmprobe.labels import (
-    TASKS,
-    LabelerUnavailable,
     build_labeler,
     check_labelers,
     label_model_ref,
@@ -31,6 +30,7 @@ from ldmprobe.labels import (
     to_target,
 )
 from ldmprobe.models import MissingModelError, preflight
+from ldmprobe.tasks import TASKS
 
 REPO_CONFIG = "config/demo.yaml"
 HEIGHT, WIDTH = 64, 96  # not square and not the models' input size: outputs must be resized

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ldmprobe import jobs
+from ldmprobe.backbones.stable_diffusion import StableDiffusion, attention_layers
 from ldmprobe.demo_models import build_demo_model
 from ldmprobe.generation import alpha_bar, predict_x0
 from ldmprobe.labels import build_labeler, label_model_ref
@@ -24,9 +25,10 @@ from ldmprobe.models import (
     make_scheduler,
     resolve_model,
 )
-from ldmprobe.preflight import attention_layers
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+SD = StableDiffusion()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_sd2_style_model_loads_with_v_prediction_and_its_layers_at_768(sd2, tmp_
     assert pipe.unet.dtype == torch.float32  # half precision is a GPU setting
     assert pipe.unet.config.use_linear_projection and pipe.unet.config.upcast_attention
 
-    layers = discover_layers(pipe.unet, 96, 96)
+    layers = discover_layers(SD, pipe.unet, 96, 96)
     sides = [layer.height for layer in layers]
     assert sides == [96, 96, 48, 48, 24, 24, 12, 24, 24, 24, 48, 48, 48, 96, 96, 96]
     unet_config = json.loads((sd2 / "unet/config.json").read_text())
@@ -53,7 +55,7 @@ def test_sd2_style_model_loads_with_v_prediction_and_its_layers_at_768(sd2, tmp_
     # The workflow's layer table goes through the same loading code.
     out = tmp_path / "layers.json"
     generation = {"scheduler": "ddim", "steps": 15, "height": 768, "width": 768}
-    jobs.layer_table({"id": str(sd2)}, False, generation, str(out))
+    jobs.layer_table({"id": str(sd2), "backbone": "stable-diffusion"}, False, generation, str(out))
     table = json.loads(out.read_text())
     assert table["unet_calls"] == 15 and len(table["layers"]) == 16
     assert table["layers"][0]["height"] == 96 and table["layers"][-1]["name"] == "up3.2"

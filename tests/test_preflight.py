@@ -8,16 +8,17 @@ import pytest
 import yaml
 
 from ldmprobe import preflight
+from ldmprobe.backbones.stable_diffusion import StableDiffusion, attention_layers
 from ldmprobe.config import validate_config
 from ldmprobe.preflight import (
     DiskSpaceError,
-    attention_layers,
     disk_preflight,
     image_footprint,
     unet_calls,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SD = StableDiffusion()
 
 # diffusers' defaults are the SD v1.x U-Net; only the text width differs.
 SD1 = {"cross_attention_dim": 768}
@@ -42,7 +43,7 @@ def meta_unet(overrides: dict):
 def discovered(unet, latent_h, latent_w):
     from ldmprobe.layers import discover_layers
 
-    return discover_layers(unet, latent_h, latent_w)
+    return discover_layers(SD, unet, latent_h, latent_w)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +52,9 @@ def demo_unet_config(demo_models) -> dict:
 
 
 def test_layers_from_config_match_the_model_demo(demo_models, demo_unet_config):
-    from ldmprobe.models import ModelRef, load_unet_on_meta
+    from ldmprobe.models import ModelRef, load_denoiser_on_meta
 
-    unet = load_unet_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
+    unet = load_denoiser_on_meta(ModelRef("m", str(demo_models / "stable-diffusion")))
     for latent in [(8, 8), (16, 24)]:
         assert attention_layers(demo_unet_config, *latent) == discovered(unet, *latent)
 
@@ -74,9 +75,10 @@ def test_sd1_activation_bytes_match_the_reference_figures():
     layers = attention_layers(unet_config, 64, 64)
     assert sum(layer.height * layer.width * layer.channels for layer in layers) == 11_550_720
     generation = {"height": 512, "width": 512, "scheduler": "lms", "steps": 15}
-    one_half = image_footprint(unet_config, {**generation, "cfg_half": "cond", "previews": ["x0"]})
+    estimate = StableDiffusion().estimate(unet_config, 512, 512)
+    one_half = image_footprint(estimate, {**generation, "cfg_half": "cond", "previews": ["x0"]})
     assert one_half.activations == 346_521_600
-    both = image_footprint(unet_config, {**generation, "cfg_half": "both", "previews": ["x0"]})
+    both = image_footprint(estimate, {**generation, "cfg_half": "both", "previews": ["x0"]})
     assert both.activations == 2 * one_half.activations
 
 
@@ -98,8 +100,9 @@ def file_bytes(root: Path, exclude: str = "") -> int:
 def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tmp_path):
     """With codec none the chunk files hold exactly the estimated bytes; PNGs and labels less."""
     from ldmprobe.generation import GenerationSettings, generate
-    from ldmprobe.labels import TASKS, build_labeler, label_image
+    from ldmprobe.labels import build_labeler, label_image
     from ldmprobe.models import ModelRef
+    from ldmprobe.tasks import TASKS
 
     generation = {
         "height": 64,
@@ -119,7 +122,9 @@ def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tm
     )
     paths = [tmp_path / name for name in ("image.png", "previews", "act.zarr", "meta.json")]
     generate(demo_pipe, "a red car", 7, settings, *paths, {"model": "demo"})
-    footprint = image_footprint(demo_pipe.unet.config, generation)
+    footprint = image_footprint(
+        StableDiffusion().estimate(demo_pipe.unet.config, 64, 64), generation
+    )
 
     store = tmp_path / "act.zarr"
     chunks = [p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json"]
@@ -152,16 +157,13 @@ def test_estimate_of_what_the_store_setting_keeps(demo_pipe, demo_models, tmp_pa
     config["probe"].update(layers=["down*", "mid.0"], steps=[1, 3])
     config["controls"]["permuted_unet"].update(layers=["up3.2"], steps=[0])
     config["controls"]["vae"]["steps"] = [2]
+    config["models"]["diffusion"] = {"id": str(demo_models / "stable-diffusion")}
     config = validate_config(config)
-    unet_path = demo_models / "stable-diffusion/unet/config.json"
-    unet_config = json.loads(unet_path.read_text())
-    arrays = preflight.stored_arrays(
-        config,
-        *preflight.study_layers(config, unet_config),
-        preflight.vae_shape(config, unet_path),
-    )
-    footprint = image_footprint(unet_config, config["generation"], arrays)
-    everything = image_footprint(unet_config, {**config["generation"], "codec": {}})
+    estimate = preflight.study_estimate(config)
+    assert preflight.vae_channels(config) == demo_pipe.vae.config.block_out_channels[-1]
+    arrays = preflight.stored_arrays(config, estimate, 4, preflight.vae_channels(config))
+    footprint = image_footprint(estimate, config["generation"], arrays)
+    everything = image_footprint(estimate, {**config["generation"], "codec": {}})
     assert footprint.activations < everything.activations / 3
 
     plan = {source: selection.to_dict() for source, selection in store_plan(config).items()}
@@ -190,14 +192,12 @@ def study(demo_models, tmp_path):
     config = validate_config(config)
     stores = [str(tmp_path / f"results/generation/p{i}/1/activations.zarr") for i in range(3)]
     labels = [str(tmp_path / f"results/labels/depth/p{i}/1.npz") for i in range(3)]
-    unet_path = demo_models / "stable-diffusion/unet/config.json"
-    unet_config = json.loads(unet_path.read_text())
-    arrays = preflight.stored_arrays(
-        config,
-        *preflight.study_layers(config, unet_config),
-        preflight.vae_shape(config, unet_path),
-    )
-    footprint = image_footprint(unet_config, config["generation"], arrays)
+    unet_config = json.loads((demo_models / "stable-diffusion/unet/config.json").read_text())
+    generation = config["generation"]
+    estimate = StableDiffusion().estimate(unet_config, 64, 64)
+    calls = unet_calls(generation["scheduler"], generation["steps"])
+    arrays = preflight.stored_arrays(config, estimate, calls, preflight.vae_channels(config))
+    footprint = image_footprint(estimate, generation, arrays)
     return config, stores, labels, footprint
 
 
@@ -256,7 +256,7 @@ def test_check_can_be_switched_off(study, monkeypatch):
 def test_unbuilt_model_is_reported_as_not_checked(study, monkeypatch, tmp_path):
     config, stores, labels, _ = study
     fake_disk(monkeypatch, free=0)
-    config["models"]["diffusion"] = {"id": str(tmp_path / "not-built-yet")}
+    config["models"]["diffusion"]["id"] = str(tmp_path / "not-built-yet")
     line = disk_preflight(config, stores, labels)
     assert line.startswith("free space: not checked") and "models.diffusion" in line
 

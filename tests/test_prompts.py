@@ -6,8 +6,7 @@ import pytest
 
 from ldmprobe.prompts import SEED_MAX, PromptTableError, assign_split, load_prompts
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "data" / "reference-prompts"
+REFERENCE = Path(__file__).resolve().parents[1] / "config" / "reference-prompts"
 HEADER = b"prompt_id,prompt,seed\n"
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -65,7 +64,6 @@ BAD_TABLES = [
     ("id starting with dot", HEADER + b".a,x,1\n", 2, "folder name"),
     ("id too long", HEADER + b"a" * 129 + b",x,1\n", 2, "folder name"),
     ("undecodable byte", HEADER + b"a,x,1\nb,caf\xe9,2\n", 3, "prompts.encoding"),
-    ("utf-8 bom", b"\xef\xbb\xbf" + HEADER + b"a,x,1\n", None, "utf-8-sig"),
     ("bad split value", b"prompt_id,prompt,seed,split\na,x,1,train\nb,y,2,dev\n", 3, "'dev'"),
     ("too many fields", HEADER + b"a,x,1\nb,y,z,2\n", 3, "4 fields"),
     ("too few fields", HEADER + b"a,x,1\nb,2\n", 3, "2 fields"),
@@ -95,16 +93,19 @@ def test_undecodable_byte_reports_offset(tmp_path):
         load_bytes(tmp_path, HEADER + b"a,x,1\nb,caf\xe9,2\n")
 
 
-@pytest.mark.parametrize("encoding", ["utf-8", "iso-8859-1", "UTF8"])
-def test_utf8_bom_is_rejected_whatever_the_declared_encoding(tmp_path, encoding):
-    with pytest.raises(PromptTableError, match="prompts.encoding: utf-8-sig"):
+@pytest.mark.parametrize("encoding", ["iso-8859-1", "cp1252"])
+def test_utf8_bom_is_rejected_under_a_single_byte_encoding(tmp_path, encoding):
+    with pytest.raises(PromptTableError, match="so it is UTF-8.*prompts.encoding: utf-8"):
         load_bytes(tmp_path, b"\xef\xbb\xbf" + HEADER + b"a,x,1\n", encoding=encoding)
 
 
-def test_utf8_bom_loads_with_utf8_sig(tmp_path):
-    with_bom = load_bytes(tmp_path, b"\xef\xbb\xbf" + HEADER + b"a,x,1\n", encoding="utf-8-sig")
-    without = load_bytes(tmp_path, HEADER + b"a,x,1\n", encoding="utf-8-sig")
+@pytest.mark.parametrize("encoding", ["utf-8", "UTF8", "utf-8-sig"])
+def test_utf8_bom_is_dropped_under_utf8(tmp_path, encoding):
+    """Excel's "CSV UTF-8" writes a byte-order mark; pandas drops it under utf-8, and so do we."""
+    with_bom = load_bytes(tmp_path, b"\xef\xbb\xbf" + HEADER + b"a,x,1\n", encoding=encoding)
+    without = load_bytes(tmp_path, HEADER + b"a,x,1\n", encoding=encoding)
     pd.testing.assert_frame_equal(with_bom, without)
+    assert list(with_bom.columns[:2]) == ["prompt_id", "prompt"]
 
 
 def test_utf16_with_bom_loads(tmp_path):
@@ -274,7 +275,7 @@ def test_null_id_column_derives_ids_from_row_order(tmp_path):
 @pytest.fixture(scope="module")
 def reference_dir() -> Path:
     if not (REFERENCE / "train_split_prompts_seeds.csv").is_file():
-        pytest.fail(f"shared data is missing: expected the reference prompt tables in {REFERENCE}")
+        pytest.fail(f"the reference prompt tables are missing from {REFERENCE}")
     return REFERENCE
 
 
@@ -292,6 +293,16 @@ def test_reference_tables_load(reference_dir):
     assert len(frame) == 617
     assert frame.split.value_counts().to_dict() == {"test": 371, "train": 246}
     assert frame.prompt.str.contains('"').any()
+
+
+def test_reference_config_reads_the_shipped_tables():
+    """config/config.yaml runs after git clone: its prompt tables are in the repository."""
+    from ldmprobe.config import load_config
+
+    repo = REFERENCE.parents[1]
+    config = load_config(repo / "config" / "config.yaml")
+    frame = load_prompts(config["prompts"], repo)
+    assert len(frame) == 617 and frame.split.value_counts()["train"] > 200
 
 
 def test_reference_tables_as_iso_8859_1_are_mojibake(reference_dir):

@@ -147,6 +147,7 @@ def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
     import pandas as pd
 
     from ldmprobe.io import write_csv
+    from ldmprobe.provenance import VERSION_KEY, package_version
 
     frame = pd.DataFrame({"layer": ["up3.2", "mid.0"], "dice": [0.5, 1 / 3]})
     write_csv(tmp_path / "a.csv.gz", frame)
@@ -154,4 +155,8 @@ def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
     write_csv(tmp_path / "b.csv.gz", frame)
     assert (tmp_path / "a.csv.gz").read_bytes() == (tmp_path / "b.csv.gz").read_bytes()
     assert (tmp_path / "a.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv.gz"), frame)
+    # The table, then the version column write_csv stamps on every table it writes.
+    read = pd.read_csv(tmp_path / "a.csv.gz", dtype={VERSION_KEY: str})
+    assert list(read.columns) == [*frame.columns, VERSION_KEY]
+    assert set(read[VERSION_KEY]) == {package_version()}
+    pd.testing.assert_frame_equal(read.drop(columns=VERSION_KEY), frame)

@@ -56,13 +56,15 @@ def test_outputs_of_every_stage(study):
     assert set(summary.metric) == {
         "spearman", "pearson", "rmse", "spearman_residual", "pearson_residual",
     }  # fmt: skip
-    # The demo's controls, cheap: the permuted U-Net on down2.1 and up3.2, VAE and latent.
+    # The demo's controls, cheap: the permuted U-Net on down2.1 and up3.2, VAE, latent and
+    # the token position alone.
     sources = summary.groupby("source")["layer"].unique().map(sorted).to_dict()
     assert sources == {
         "unet": ["down0.0", "down2.1", "up3.2"],
         "unet-permuted": ["down2.1", "up3.2"],
         "vae": ["decoder.mid.0"],
         "latent": ["xt"],
+        "position": ["grid"],
         "labeler": ["preview"],
     }
     assert set(summary[summary.source != "unet"].step) == {0, 14}

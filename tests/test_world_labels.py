@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest
-from ldmprobe.labels import TASKS, build_labeler, label_image, load_label
+from ldmprobe.labels import build_labeler, label_image, load_label
 from ldmprobe.models import ModelRef
+from ldmprobe.tasks import TASKS
 from ldmprobe.world.fit import fit_scene, save_world_spec
 from ldmprobe.world.scenes import (
     PALETTE,

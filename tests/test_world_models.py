@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors import safe_open
 from workflow import REPO, run_snakemake, tiny_config
 
-from ldmprobe.classify import WORLD, load_classifier, resolve_class
+from ldmprobe.classify_jobs import load_classifier
+from ldmprobe.classify_prompts import WORLD, resolve_class
 from ldmprobe.labels import build_labeler
 from ldmprobe.models import ModelRef
 from ldmprobe.prompts import PromptTableError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from . import metrics
-from .controls import layers_by_source
 from .io import write_csv
+from .sources import named
 
 KEYS = ["source", "task", "layer", "step", "metric"]
 
@@ -27,12 +27,13 @@ def summarise_metrics(
 ) -> pd.DataFrame:
     """Mean and bootstrap interval over test images per (source, task, layer, step, metric).
 
-    ``layers`` is the U-Net's layer table; the controls' and the labeler's layers are added.
+    ``layers`` is the denoiser's layer table; the controls' and the labeler's own layers are
+    declared with them (``sources.py``).
     """
     order = {
         (source, layer["name"]): layer
-        for source, entries in layers_by_source(layers).items()
-        for layer in entries
+        for source in per_image["source"].unique()
+        for layer in named(source).layers(layers)
     }
     rows = []
     for key, group in per_image.groupby(KEYS, sort=False):

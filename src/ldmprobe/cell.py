@@ -1,7 +1,7 @@
 """One probe-grid cell: load a (source, layer, step) slice of every image, train every task.
 
 The dataset manifest (``dataset.py``) lists each image's split, store and label files; the
-cell reads one chunk per image (of the U-Net or a control, ``controls.py``), trains on train,
+cell reads one chunk per image (of the denoiser or a control, ``sources.py``), trains on train,
 selects the epoch on val, and scores test.
 """
 
@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .controls import read_tokens, token_grid
 from .io import atomic_file, write_csv
-from .labels import TASKS, load_label
+from .labels import load_label
 from .metrics import FOREGROUND_TASK, image_rows
 from .probes import ProbeSettings, ProbeTask, evaluate, state_tensors, train_probes
 from .provenance import VERSION_KEY, package_version
+from .sources import named
 from .storage import open_store
+from .tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,13 @@ def load_activations(
     into one tensor, so reading needs the result's memory and one image more."""
     rows = np.arange(len(manifest)) if rows is None else np.asarray(rows)
     stores = manifest["store"].to_numpy()
+    source = named(cell.source)
     result, grid = None, None
     for position, row in enumerate(rows):
         group = open_store(stores[row])
         if grid is None:
-            grid = token_grid(group, cell.source, cell.layer)
-        tokens = read_tokens(group, cell.source, cell.half, cell.layer, cell.step, stores[row])
+            grid = source.grid(group, cell.source, cell.layer)
+        tokens = source.read(group, cell.source, cell.half, cell.layer, cell.step, stores[row])
         tokens = torch.from_numpy(np.ascontiguousarray(tokens))
         if result is None:
             result = torch.empty((len(rows), *tokens.shape), dtype=dtype or tokens.dtype)
@@ -94,7 +96,7 @@ def run_cell(
 
     targets = {}
     for task_name in tasks:
-        paths = manifest[f"label_{task_name}"].to_numpy()
+        paths = manifest[TASKS[task_name].label_key].to_numpy()
         # Only the final image's target: a label file holds every preview's maps too.
         targets[task_name] = {
             part: torch.from_numpy(

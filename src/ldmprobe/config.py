@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 
@@ -16,7 +17,14 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The schema, with the task names declared in ``ldmprobe.tasks`` (not repeated in it)."""
+    from .tasks import TASKS
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    names = {"enum": list(TASKS)}
+    for section in ("labels", "probe"):
+        schema["properties"][section]["properties"]["tasks"]["propertyNames"] = names
+    return schema
 
 
 def _fill_defaults(schema: dict, value, root: dict):
@@ -119,7 +127,15 @@ def _describe(error) -> str:
         return f"config key '{key}': {error.instance!r} is not allowed; allowed: {allowed}"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        return f"config key '{key}': {error.message}; allowed keys: {allowed}"
+        unknown = sorted(set(error.instance) - set(allowed))
+        guesses = [
+            f"'{match[0]}'" + (f" for '{name}'" if len(unknown) > 1 else "")
+            for name in unknown
+            for match in [difflib.get_close_matches(name, allowed, n=1)]
+            if match
+        ]
+        hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+        return f"config key '{key}': {error.message}{hint}; allowed keys: {allowed}"
     if error.validator == "propertyNames":
         return f"config key '{key}': {error.message}"
     if error.validator in ("oneOf", "anyOf"):

@@ -132,6 +132,263 @@ def save_stable_diffusion(
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
+def tiny_clip(hidden: int = 32, projection: int | None = None):
+    """A 2-layer CLIP text encoder and its byte-level tokenizer (77 tokens); with
+    ``projection``, the encoder with the text projection (SDXL's and SD3's second encoder)."""
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    vocabulary = clip_byte_vocabulary()
+    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
+    config = CLIPTextConfig(
+        vocab_size=len(vocabulary),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection or hidden,
+    )
+    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    return model, tokenizer
+
+
+def tiny_t5(d_model: int = 32, max_length: int = 512):
+    """A 2-layer T5 encoder and a unigram tokenizer built from Python objects: every printable
+    ASCII character, alone and after a word boundary ('▁'), so any English prompt tokenizes."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    chars = [chr(code) for code in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("▁" + c, -2.5) for c in chars]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config), tokenizer
+
+
+def tiny_vae(image_size: int, latent_channels: int = 4, **options):
+    """A VAE with 4 blocks (scale factor 8, as the real ones) and small widths."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=image_size,
+        **options,
+    )
+
+
+def build_stable_diffusion_xl(out_dir: Path, seed: int) -> None:
+    """SDXL (``stabilityai/stable-diffusion-xl-base-1.0``): SDXL's block types (no attention at
+    the first level, deeper transformers below, 1/2/3 here for 1/2/10), two CLIP encoders (the
+    second with the pooled projection), size conditioning, Euler with 1024 px defaults."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    text_encoder, tokenizer = tiny_clip(32)
+    text_encoder_2, tokenizer_2 = tiny_clip(32, projection=32)
+    time_embed = 8
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 3),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed,
+        # The pooled embedding of the second encoder and the six size numbers.
+        projection_class_embeddings_input_dim=32 + 6 * time_embed,
+        cross_attention_dim=64,  # both encoders' hidden states side by side
+        norm_num_groups=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    StableDiffusionXLPipeline(
+        vae=tiny_vae(1024, force_upcast=True),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+        add_watermarker=False,
+    ).save_pretrained(out_dir, safe_serialization=True)
+
+
+def save_pixart(out_dir: Path, seed: int, pipeline: str, sample_size: int, text: int) -> None:
+    """PixArt's DiT (adaLN-single, learned sigma, 2x2 patches), T5 and SD's VAE; DPM-Solver."""
+    import diffusers
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    text_encoder, tokenizer = tiny_t5(32, max_length=text)
+    transformer = PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=4,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=32,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        use_additional_conditions=False,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", steps_offset=1
+    )
+    getattr(diffusers, pipeline)(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_vae(sample_size * 8),
+        transformer=transformer,
+        scheduler=scheduler,
+    ).save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_pixart_sigma(out_dir: Path, seed: int) -> None:
+    """PixArt-Σ (``PixArt-alpha/PixArt-Sigma-XL-2-1024-MS``): T5 of 300 tokens."""
+    save_pixart(out_dir, seed, "PixArtSigmaPipeline", sample_size=128, text=300)
+
+
+def build_pixart_alpha(out_dir: Path, seed: int) -> None:
+    """PixArt-α (``PixArt-alpha/PixArt-XL-2-512x512``): T5 of 120 tokens."""
+    save_pixart(out_dir, seed, "PixArtAlphaPipeline", sample_size=64, text=120)
+
+
+def build_stable_diffusion_3(out_dir: Path, seed: int) -> None:
+    """SD3 (``stabilityai/stable-diffusion-3.5-medium``): MM-DiT with joint attention (and
+    SD3.5's image-only second attention in the first block), QK RMS norm, two CLIP encoders
+    with projections and T5, a 16-channel VAE with shift, flow-matching Euler (shift 3)."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(seed)
+    text_encoder, tokenizer = tiny_clip(32, projection=32)
+    text_encoder_2, tokenizer_2 = tiny_clip(32, projection=32)
+    text_encoder_3, tokenizer_3 = tiny_t5(64, max_length=256)
+    transformer = SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=3,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # T5's width; the CLIP states (32 + 32) are padded to it
+        caption_projection_dim=32,
+        pooled_projection_dim=64,  # both CLIP projections side by side
+        pos_embed_max_size=96,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = tiny_vae(1024, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609)
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    ).save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_flux(out_dir: Path, seed: int) -> None:
+    """FLUX.1-dev (``black-forest-labs/FLUX.1-dev``): double- and single-stream blocks, guidance
+    embedding, CLIP (pooled) and T5, a 16-channel VAE with shift and no quant convs, packed
+    latents, flow-matching Euler with the image-size shift."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    text_encoder, tokenizer = tiny_clip(32)
+    text_encoder_2, tokenizer_2 = tiny_t5(32, max_length=512)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels x a 2x2 patch
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = tiny_vae(
+        1024,
+        latent_channels=16,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    ).save_pretrained(out_dir, safe_serialization=True)
+
+
 def build_dpt_depth(out_dir: Path, seed: int) -> None:
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
@@ -428,6 +685,11 @@ def build_marigold_shading(out_dir: Path, seed: int) -> None:
 BUILDERS = {
     "stable-diffusion": build_stable_diffusion,
     "stable-diffusion-2": build_stable_diffusion_2,
+    "stable-diffusion-xl": build_stable_diffusion_xl,
+    "pixart-sigma": build_pixart_sigma,
+    "pixart-alpha": build_pixart_alpha,
+    "stable-diffusion-3": build_stable_diffusion_3,
+    "flux": build_flux,
     "dpt-depth": build_dpt_depth,
     "dpt-hybrid-depth": build_dpt_hybrid_depth,
     "dpt-beit-depth": build_dpt_beit_depth,

@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .controls import LABELER, LABELER_LAYER, UNET
 from .io import write_csv
+from .sources import DENOISER, LABELER, named
+from .tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-# The metric the report's comparison sentence uses per task kind.
-HEADLINE = {"binary": "dice", "continuous": "spearman"}
 EMERGENCE_COLUMNS = [
     "task",
     "layer",
@@ -56,19 +55,19 @@ def labeler_scores(
     ``tasks`` maps each task to its probe settings (only the target scaling is used);
     ``steps`` None means every step the label files hold.
     """
-    from .labels import TASKS, load_label
+    from .labels import load_label
 
     rows = []
     test = manifest[manifest["split"] == "test"]
     for task_name, settings in tasks.items():
         kind = TASKS[task_name].kind
-        column = f"label_{task_name}"
+        column = TASKS[task_name].label_key
         train = manifest[manifest["split"] == "train"][column]
         train_targets = [load_label(p, keys=("target",))["target"] for p in train]
         mean, std = target_scaling(kind, settings, train_targets)
         # The variants of the continuous metrics, as the probes have them (metrics.VARIANTS).
         position_mean = np.mean(train_targets, axis=0, dtype=np.float64) if train_targets else None
-        foreground_column = f"label_{metrics.FOREGROUND_TASK}"
+        foreground_column = TASKS[metrics.FOREGROUND_TASK].label_key
         for _, image in test.iterrows():
             label = load_label(image[column], keys=("target", "preview_target"))
             foreground = None
@@ -94,7 +93,7 @@ def labeler_scores(
         log.info("%s: labeler on %d test images' previews", task_name, len(test))
     table = pd.DataFrame(
         rows, columns=["prompt_id", "seed", "task", "metric", "value", "step"]
-    ).assign(source=LABELER, half="", layer=LABELER_LAYER)
+    ).assign(source=LABELER.name(), half="", layer=LABELER.layer["name"])
     return table
 
 
@@ -161,13 +160,14 @@ def _step_text(row: pd.Series | None) -> str:
     return f"step {row['step']}{interval}"
 
 
-def comparison(emergence: pd.DataFrame, task_kinds: dict[str, str]) -> pd.DataFrame:
-    """Per task: the best U-Net probe layer's emergence step beside the labeler's."""
+def comparison(emergence: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Per task: the best denoiser probe layer's emergence step beside the labeler's."""
+    denoiser = next((s for s in emergence.source.unique() if named(s) is DENOISER), None)
     rows = []
-    for task, kind in task_kinds.items():
-        metric = HEADLINE[kind]
-        probe = best_layer(emergence, task, metric, UNET)
-        labeler = best_layer(emergence, task, metric, LABELER)
+    for task in tasks:
+        metric = TASKS[task].headline
+        probe = best_layer(emergence, task, metric, denoiser)
+        labeler = best_layer(emergence, task, metric, LABELER.name())
         fraction = float(emergence["fraction"].iloc[0]) if len(emergence) else np.nan
         sentence = (
             f"{task} ({metric}, {fraction:.0%} of the final value): the probe on "
@@ -193,7 +193,7 @@ def comparison(emergence: pd.DataFrame, task_kinds: dict[str, str]) -> pd.DataFr
 
 def write_emergence(
     per_image: pd.DataFrame,
-    task_kinds: dict[str, str],
+    tasks: list[str],
     metrics_config: dict,
     emergence_path,
     comparison_path,
@@ -206,7 +206,7 @@ def write_emergence(
         metrics_config["seed"],
     )
     write_csv(emergence_path, table)
-    compared = comparison(table, task_kinds)
+    compared = comparison(table, tasks)
     write_csv(comparison_path, compared)
     for sentence in compared["sentence"]:
         log.info("%s", sentence)

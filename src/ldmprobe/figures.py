@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import metrics  # noqa: E402
 from .io import atomic_file  # noqa: E402
 from .provenance import png_text  # noqa: E402
+from .sources import LABELER, SOURCES, legend, named  # noqa: E402
 
 METRIC_LABELS = {
     "dice": "Dice",
@@ -30,15 +32,15 @@ def _save(fig, path: str | Path) -> None:
 
 
 def heatmap(summary: pd.DataFrame, task: str, metric: str, source: str, path: str | Path) -> None:
-    """Layers (U-Net execution order) x steps, coloured by the mean test metric."""
+    """Layers (execution order) x steps, coloured by the mean test metric."""
     rows = summary[(summary.task == task) & (summary.metric == metric) & (summary.source == source)]
     grid = rows.pivot_table(index=["layer_order", "layer"], columns="step", values="mean")
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * grid.shape[1], 1.0 + 0.32 * grid.shape[0]))
-    cmap = "viridis_r" if metric == "rmse" else "viridis"
+    cmap = "viridis_r" if metrics.lower_is_better(metric) else "viridis"
     image = ax.imshow(grid.to_numpy(), aspect="auto", cmap=cmap)
     ax.set_xticks(range(grid.shape[1]), [str(step) for step in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [layer for _order, layer in grid.index])
-    ax.set_xlabel("denoising step (U-Net call)")
+    ax.set_xlabel("denoising step (denoiser call)")
     ax.set_ylabel("self-attention layer (execution order)")
     for (i, j), value in np.ndenumerate(grid.to_numpy()):
         if np.isfinite(value):
@@ -60,7 +62,7 @@ def curves(summary: pd.DataFrame, task: str, metric: str, source: str, path: str
         line = rows[rows.layer == layer]
         ax.plot(line.step, line["mean"], color=colour, label=layer, marker=".")
         ax.fill_between(line.step, line.ci_low, line.ci_high, color=colour, alpha=0.15)
-    ax.set_xlabel("denoising step (U-Net call)")
+    ax.set_xlabel("denoising step (denoiser call)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(f"{task}: test {METRIC_LABELS.get(metric, metric)} vs step ({source})")
     ax.legend(fontsize=6, ncol=2, loc="best")
@@ -68,36 +70,29 @@ def curves(summary: pd.DataFrame, task: str, metric: str, source: str, path: str
     _save(fig, path)
 
 
-SOURCE_STYLE = {
-    "unet": ("U-Net probe", "tab:blue", "-"),
-    "unet-permuted": ("permuted U-Net probe", "tab:gray", "--"),
-    "vae": ("VAE decoder probe", "tab:green", "-."),
-    "latent": ("latent x_t probe", "tab:purple", ":"),
-    "labeler": ("labeler on preview", "tab:orange", "-"),
-}
-
-
 def comparison(
     summary: pd.DataFrame, emergence: pd.DataFrame, task: str, metric: str, path: str | Path
 ) -> None:
     """Metric vs step per source (its best layer at the last step), with bands and emergence.
 
-    The U-Net probe, the labeler on each step's preview, and every control present in the
-    table; a dotted vertical line and the legend give each curve's emergence step.
+    The denoiser probe, the labeler on each step's preview, and every control present in the
+    table (drawn as ``sources.py`` declares them, the position baseline among them); a dotted
+    vertical line and the legend give each curve's emergence step.
     """
     rows = summary[(summary.task == task) & (summary.metric == metric)]
     marks = emergence[(emergence.task == task) & (emergence.metric == metric)]
-    lower = metric == "rmse"
+    lower = metrics.lower_is_better(metric)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for source, (name, colour, style) in SOURCE_STYLE.items():
+    present = sorted(rows.source.unique(), key=lambda name: SOURCES.index(named(name)))
+    for source in present:
+        declared = named(source)
+        name, colour, style = legend(source), declared.colour, declared.line
         own = rows[rows.source == source]
-        if own.empty:
-            continue
         last = own[own.step == own.step.max()].sort_values("mean", ascending=lower)
         layer = last["layer"].iloc[0]
         line = own[own.layer == layer].sort_values("step")
         mark = marks[(marks.source == source) & (marks.layer == layer)]
-        label = name if source == "labeler" else f"{name} ({layer})"
+        label = name if declared is LABELER else f"{name} ({layer})"
         if len(mark) and not pd.isna(mark["step"].iloc[0]):
             step = int(mark["step"].iloc[0])
             low, high = mark["ci_low"].iloc[0], mark["ci_high"].iloc[0]
@@ -108,7 +103,7 @@ def comparison(
             label += ": never"
         ax.plot(line.step, line["mean"], color=colour, ls=style, marker=".", label=label)
         ax.fill_between(line.step, line.ci_low, line.ci_high, color=colour, alpha=0.15)
-    ax.set_xlabel("denoising step (U-Net call)")
+    ax.set_xlabel("denoising step (denoiser call)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(f"{task}: {METRIC_LABELS.get(metric, metric)} vs step, probe vs labeler")
     ax.legend(fontsize=6, loc="best")

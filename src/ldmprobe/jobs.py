@@ -56,12 +56,6 @@ def setup_job(log_path: str | None, threads: int | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def resolve_device(device: str) -> str:
-    from .models import default_device
-
-    return default_device() if device == "auto" else device
-
-
 def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
     from .demo_models import build_demo_model as build
 
@@ -70,14 +64,25 @@ def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
 
 
 def layer_table(model: dict, allow_download: bool, generation: dict, out_path: str) -> None:
-    """The U-Net's self-attention layers and the U-Net calls of the configured schedule."""
+    """The denoiser's probed layers and its calls in the configured schedule."""
+    from .backbones import get_backbone
     from .generation import count_unet_calls
     from .layers import discover_layers
-    from .models import ModelRef, load_scheduler_config, load_unet_on_meta, make_scheduler
+    from .models import (
+        ModelRef,
+        load_denoiser_on_meta,
+        load_scheduler_config,
+        make_scheduler,
+        vae_scale_factor,
+    )
 
     ref = ModelRef.from_config("models.diffusion", model)
-    unet = load_unet_on_meta(ref, allow_download)
-    layers = discover_layers(unet, generation["height"] // 8, generation["width"] // 8)
+    backbone = get_backbone(model["backbone"])
+    denoiser = load_denoiser_on_meta(ref, allow_download, backbone.name)
+    _channels, latent_h, latent_w = backbone.latent_shape(
+        denoiser, generation["height"], generation["width"], vae_scale_factor(ref, allow_download)
+    )
+    layers = discover_layers(backbone, denoiser, latent_h, latent_w)
     scheduler = make_scheduler(generation["scheduler"], load_scheduler_config(ref, allow_download))
     n_calls, timesteps = count_unet_calls(scheduler, generation["steps"])
     log.info("%d self-attention layers, %d U-Net calls", len(layers), n_calls)
@@ -108,19 +113,20 @@ def generate(
     ``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
     ``controls``: the enabled parts of the ``controls`` config section, the permuted U-Net's
     layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
-    table was decoded) goes into the image's metadata. ``store``: per source, the layers and
+    table was decoded) goes into the image's metadata. ``store``: per source role, the layers and
     steps to write (``reads.store_plan`` as dicts); None writes every layer at every step.
     """
-    from .generation import GenerationSettings, permuted_unet
+    from .backbones import get_backbone
+    from .generation import GenerationSettings, permuted_denoiser
     from .generation import generate as run
-    from .models import ModelRef, load_diffusion_pipeline
+    from .models import ModelRef, load_diffusion_pipeline, resolve_device
 
     ref = ModelRef.from_config("models.diffusion", model)
     device = resolve_device(generation["device"])
     started = time.perf_counter()
     log.info("loading pipeline %s on %s", ref.describe(), device)
     pipe = load_diffusion_pipeline(
-        ref, generation["scheduler"], generation["dtype"], device, allow_download
+        ref, generation["scheduler"], generation["dtype"], device, allow_download, model["backbone"]
     )
     log.info("pipeline loaded in %.1f s", time.perf_counter() - started)
     if not capture_activations:
@@ -137,12 +143,14 @@ def generate(
         halves=halves,
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
+        start=None if generation["start"]["kind"] == "noise" else generation["start"],
         store=store,
         **control_settings(controls or {}),
     )
     permuted = None
     if settings.permuted_layers is not None:
-        permuted = permuted_unet(pipe.unet, settings.permutation_seed)
+        backbone = get_backbone(model["backbone"])
+        permuted = permuted_denoiser(backbone.denoiser(pipe), settings.permutation_seed)
     provenance = {"model": ref.id, "revision": ref.revision}
     if prompt_encoding is not None:
         provenance["prompt_encoding"] = prompt_encoding
@@ -168,13 +176,15 @@ def generate(
 
 def control_settings(controls: dict) -> dict:
     """GenerationSettings fields of the ``controls`` config section (absent: all off)."""
+    from .sources import PERMUTED, VAE
+
     settings = {}
-    permuted = controls.get("permuted_unet", {})
+    permuted = controls.get(PERMUTED.control, {})
     if permuted.get("enabled"):
         layers = permuted.get("layers") or "all"
         settings["permuted_layers"] = ("*",) if layers == "all" else tuple(layers)
         settings["permutation_seed"] = permuted.get("seed", 0)
-    vae = controls.get("vae", {})
+    vae = controls.get(VAE.control, {})
     if vae.get("enabled"):
         settings["vae_latent"] = vae.get("latent", "x0")
     return settings
@@ -190,7 +200,9 @@ def label(
 ) -> None:
     """``images``: one dict per image with its ``image``, ``previews`` and ``out`` paths; the
     labeler is loaded once for all of them."""
-    from .labels import TASKS, build_labeler, label_image, label_model_ref
+    from .labels import build_labeler, label_image, label_model_ref
+    from .models import resolve_device
+    from .tasks import TASKS
 
     ref = label_model_ref(task, task_config)
     options = task_config.get("options", {})
@@ -253,6 +265,7 @@ def probe(
     """One probe cell; ``device``: ``probe.device`` of the config (auto, cpu or cuda)."""
     from .cell import Cell, run_cell
     from .dataset import read_manifest
+    from .models import resolve_device
     from .probes import ProbeSettings
 
     tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
@@ -307,7 +320,7 @@ def labeler_scores(
 
 def emergence(
     per_image_path: str,
-    task_kinds: dict[str, str],
+    tasks: list[str],
     metrics_config: dict,
     emergence_path: str,
     comparison_path: str,
@@ -317,7 +330,7 @@ def emergence(
     from .emergence import write_emergence
 
     per_image = pd.read_csv(per_image_path, dtype={"prompt_id": str, "half": str})
-    table = write_emergence(per_image, task_kinds, metrics_config, emergence_path, comparison_path)
+    table = write_emergence(per_image, tasks, metrics_config, emergence_path, comparison_path)
     log.info("%d emergence rows", len(table))
 
 
@@ -364,9 +377,11 @@ def examples(
     from .cell import load_probe_weights
     from .dataset import read_manifest
     from .figures import example_grid
-    from .labels import TASKS, load_label
+    from .labels import load_label
     from .probes import LinearProbe, TrainedProbe, predict_maps
-    from .storage import array_path, open_store, read_chunk
+    from .sources import named
+    from .storage import open_store
+    from .tasks import TASKS
 
     manifest = read_manifest(manifest_path)
     test = manifest[manifest["split"] == "test"]
@@ -395,10 +410,10 @@ def examples(
     rows = []
     for _, image in test.iterrows():
         group = open_store(image["store"])
-        label = load_label(image[f"label_{task}"])
+        label = load_label(image[TASKS[task].label_key])
         probe_maps = []
         for step, (trained, height, width) in zip(steps, probes, strict=True):
-            x = read_chunk(group, array_path(source, half, layer), step, image["store"])
+            x = named(source).read(group, source, half, layer, step, image["store"])
             x = torch.from_numpy(np.asarray(x))[None]
             probe_maps.append(predict_maps(trained, x, height, width)[0].astype(float))
         previews_dir = Path(image["image"]).parent / "previews" / "x0"

@@ -2,7 +2,8 @@
 
 Labelers are plugins registered by name (``ldmprobe.labelers``: each model's loading code and
 output convention). The task decides how a labeler's raw map becomes a probe target
-(``TASKS``, ``to_target``): saliency maps are binarised, depth and shading stay continuous.
+(``to_target``, by the task's kind in ``ldmprobe.tasks``): saliency maps are binarised, depth
+and shading stay continuous.
 """
 
 from __future__ import annotations
@@ -10,49 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import ConfigError
 from .io import atomic_file, rerun_advice
-from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref, register
-from .labelers.depth import DPTDepth
+from .labelers import LABELERS, Labeler, LabelerUnavailable, model_ref
 from .models import ModelRef
 from .provenance import VERSION_KEY, package_version
-
-__all__ = [
-    "LABELERS",
-    "TASKS",
-    "DPTDepth",
-    "LabelerUnavailable",
-    "Task",
-    "build_labeler",
-    "check_labelers",
-    "is_excluded",
-    "label_image",
-    "label_model_ref",
-    "load_label",
-    "load_provenance",
-    "register",
-    "to_target",
-]
+from .tasks import Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    kind: str  # "binary" or "continuous"
-
-
-TASKS = {
-    "saliency": Task("saliency", "binary"),
-    "depth": Task("depth", "continuous"),
-    "shading": Task("shading", "continuous"),
-}
 
 
 def label_model_ref(task: str, section: dict) -> ModelRef:

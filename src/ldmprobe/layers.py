@@ -1,95 +1,62 @@
-"""Discovering the U-Net's self-attention layers from the model itself.
+"""The probed self-attention layers of a denoiser, discovered from the model itself.
 
-Every module whose name ends in ``attn1`` is a self-attention layer. The study reads the output
-of its output projection (``attn1.to_out.0``), which equals the module's output for SD's
-attention (no residual inside, rescale factor 1). Token counts and execution order come from a
-forward pass on the meta device: structure only, no weights, no compute.
+Which modules are probed and how they are named is the backbone adapter's
+(``ldmprobe.backbones``); token counts and execution order come from one forward pass on the
+meta device through the trace: structure only, no weights, no compute.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import asdict, dataclass
-
-_PATH = re.compile(
-    r"^(?:(?P<kind>down|up)_blocks\.(?P<block>\d+)|mid_block)"
-    r"\.attentions\.(?P<attention>\d+)\.transformer_blocks\.(?P<transformer>\d+)\.attn1$"
-)
 
 
 @dataclass(frozen=True)
 class Layer:
     name: str  # short, path-safe: "down0.1", "mid.0", "up3.2" (".t1" for deeper transformers)
-    module_path: str  # the attn1 module
+    module_path: str  # the probed module (SD: the attn1 module; the adapter's point reads it)
     block: str  # "down_blocks.0", "mid_block", "up_blocks.3"
     index: int  # position inside its block, in execution order
-    order: int  # position in the U-Net's execution order
+    order: int  # position in the denoiser's execution order
     height: int  # token grid at the discovery latent size
     width: int
     channels: int
-
-    @property
-    def hook_path(self) -> str:
-        return f"{self.module_path}.to_out.0"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def layer_name(module_path: str) -> tuple[str, str]:
-    """Short name and block of an attn1 module path."""
-    match = _PATH.match(module_path)
-    if match is None:
-        # Unknown layouts still work: the full path is a valid, if long, name.
-        return module_path.removesuffix(".attn1"), module_path.split(".attentions.")[0]
-    if match["kind"] is None:
-        short, block = "mid", "mid_block"
-    else:
-        short = f"{match['kind']}{match['block']}"
-        block = f"{match['kind']}_blocks.{match['block']}"
-    name = f"{short}.{match['attention']}"
-    if match["transformer"] != "0":
-        name += f".t{match['transformer']}"
-    return name, block
-
-
-def find_attn1_modules(unet) -> dict[str, object]:
-    return {path: module for path, module in unet.named_modules() if path.endswith("attn1")}
-
-
-def discover_layers(unet, latent_height: int = 64, latent_width: int = 64) -> list[Layer]:
-    """All self-attention layers of ``unet`` in execution order (unet may live on 'meta')."""
+def discover_layers(backbone, denoiser, latent_height: int, latent_width: int) -> list[Layer]:
+    """All probed layers of ``denoiser`` (of ``backbone``, an adapter) in execution order; the
+    denoiser may live on 'meta'."""
     import torch
 
-    modules = find_attn1_modules(unet)
+    from .trace import Trace
+
+    modules = backbone.probed_modules(denoiser)
     if not modules:
-        raise ValueError("the U-Net has no self-attention ('attn1') modules to probe")
+        raise ValueError(f"the {backbone.name} denoiser has no self-attention modules to probe")
+    points = [backbone.point(name, path) for path, (name, _block) in modules.items()]
+    path_of = {name: path for path, (name, _block) in modules.items()}
     seen: list[tuple[str, tuple[int, ...]]] = []
-    handles = [
-        module.to_out[0].register_forward_hook(
-            lambda _m, _i, output, path=path: seen.append((path, tuple(output.shape)))
-        )
-        for path, module in modules.items()
-    ]
-    device = next(unet.parameters()).device
-    config = unet.config
-    try:
-        with torch.no_grad():
-            unet(
-                torch.zeros(1, config.in_channels, latent_height, latent_width, device=device),
-                torch.tensor(1, device=device),
-                encoder_hidden_states=torch.zeros(1, 77, config.cross_attention_dim, device=device),
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
+    with (
+        Trace(
+            denoiser,
+            points,
+            halves=("cond",),
+            layout=backbone.cfg_layout,
+            record=lambda layer, _half, _step, tokens: seen.append((layer, tuple(tokens.shape))),
+        ),
+        torch.no_grad(),
+    ):
+        backbone.discovery_call(denoiser, latent_height, latent_width)
 
     layers = []
     per_block: dict[str, int] = {}
-    for order, (path, shape) in enumerate(seen):
-        name, block = layer_name(path)
-        tokens, channels = shape[1], shape[2]
+    for order, (name, shape) in enumerate(seen):
+        path = path_of[name]
+        block = modules[path][1]
+        tokens, channels = shape
         factor = round((latent_height * latent_width / tokens) ** 0.5)
         index = per_block.get(block, 0)
         per_block[block] = index + 1
@@ -132,7 +99,7 @@ def select_layers(layers: list[Layer], patterns: list[str] | str) -> list[Layer]
     if unmatched:
         available = ", ".join(layer.name for layer in layers)
         raise ValueError(
-            f"probe.layers: pattern(s) {unmatched} match no layer of this U-Net; "
+            f"probe.layers: pattern(s) {unmatched} match no layer of this model; "
             f"available layers: {available} (blocks and module paths match too)"
         )
     return [layer for layer in layers if layer in chosen]

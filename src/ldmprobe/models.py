@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backbones import DEFAULT_BACKBONE, get_backbone
 from .compat import ensure_torchvision_importable
 from .weightfiles import Damage, check_weight_file
 
@@ -216,21 +217,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_diffusion_pipeline(
-    ref: ModelRef, scheduler: str, dtype: str, device: str, allow_download: bool = False
-):
-    ensure_torchvision_importable()
-    from diffusers import StableDiffusionPipeline
+def resolve_device(device: str) -> str:
+    """A config's device setting: ``auto`` is CUDA when available, else the CPU."""
+    return default_device() if device == "auto" else device
 
+
+def load_diffusion_pipeline(
+    ref: ModelRef,
+    scheduler: str,
+    dtype: str,
+    device: str,
+    allow_download: bool = False,
+    backbone: str = DEFAULT_BACKBONE,
+):
+    """The pipeline of ``ref``, loaded by its backbone adapter, with the configured sampler."""
     path = resolve_model(ref, allow_download)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        path,
-        dtype=torch_dtype(dtype, device),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        use_safetensors=True,
-    )
+    pipe = get_backbone(backbone).load_pipeline(path, torch_dtype(dtype, device))
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -242,6 +244,7 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler",
     "dpmpp": "DPMSolverMultistepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
 
 
@@ -254,16 +257,11 @@ def make_scheduler(name: str, base_config):
     return scheduler_class.from_config(base_config, **overrides)
 
 
-def load_unet_on_meta(ref: ModelRef, allow_download: bool = False):
-    """The U-Net's module structure without its weights (cheap), for layer discovery."""
-    ensure_torchvision_importable()
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    path = resolve_model(ref, allow_download)
-    config = UNet2DConditionModel.load_config(path, subfolder="unet")
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(config)
+def load_denoiser_on_meta(
+    ref: ModelRef, allow_download: bool = False, backbone: str = DEFAULT_BACKBONE
+):
+    """The denoiser's module structure without its weights (cheap), for layer discovery."""
+    return get_backbone(backbone).load_denoiser_on_meta(resolve_model(ref, allow_download))
 
 
 def load_scheduler_config(ref: ModelRef, allow_download: bool = False):
@@ -271,3 +269,12 @@ def load_scheduler_config(ref: ModelRef, allow_download: bool = False):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.load_config(resolve_model(ref, allow_download), subfolder="scheduler")
+
+
+def vae_scale_factor(ref: ModelRef, allow_download: bool = False) -> int:
+    """Pixels per latent cell, as StableDiffusionPipeline computes it from the VAE's config
+    (8 for SD; 4 for the known-answer world's VAE)."""
+    import json
+
+    config = json.loads((resolve_model(ref, allow_download) / "vae" / "config.json").read_text())
+    return 2 ** (len(config["block_out_channels"]) - 1)

@@ -1,13 +1,15 @@
 """Checks made when the Snakefile is parsed, before any job: what the schema cannot say.
 
-Everything here reads small files only (the config, the U-Net's ``config.json``, ``stat`` of
+Everything here reads small files only (the config, the denoiser's ``config.json``, ``stat`` of
 output paths), never torch, because it runs at parse time.
 
 * :func:`check_consistency`: keys that are valid alone but not together (a labeler that does not
   exist or does not make that task's labels, a probed CFG half that generation does not store).
-* :func:`check_store`: every probe cell and control reads what ``generation.store`` keeps.
-* :func:`disk_preflight`: the bytes the run will still write, estimated from the U-Net's config
-  (activations dominate), against the free space of the results filesystem.
+* :func:`check_store`: every probe cell, control and the intervention read what
+  ``generation.store`` keeps.
+* :func:`disk_preflight`: the bytes the run will still write, estimated by the backbone adapter
+  from the denoiser's config (activations dominate) for the stored layers and steps and the
+  codec, against the free space of the results filesystem.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backbones import Estimate, get_backbone
 from .config import ConfigError
-from .controls import PERMUTED, VAE
-from .layers import Layer, layer_name, select_layers
+from .layers import Layer, select_layers
 from .reads import check_stored, store_plan
+from .sources import PERMUTED, VAE
 
-CROSS_ATTENTION_BLOCK = "CrossAttn"  # the block types whose transformers hold an attn1 module
-MID_BLOCK_WITH_TRANSFORMER = "UNetMidBlock2DCrossAttn"
-LATENT_FACTOR = 8  # pixels per latent cell, as generation assumes
+FLOW_SCHEDULER = "flow-euler"  # the flow-matching families' sampler (models.SCHEDULERS)
 FILE_OVERHEAD = 4096  # headers of one PNG or npz file, rounded up
 
 
@@ -38,6 +39,10 @@ def check_consistency(config: dict) -> None:
     """Raise ConfigError naming the key when settings contradict each other (validated config)."""
     from .labels import LABELERS
 
+    try:
+        backbone = get_backbone(config["models"]["diffusion"]["backbone"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for task, section in config["labels"]["tasks"].items():
         key = f"labels.tasks.{task}.labeler"
         name = section["labeler"]
@@ -60,74 +65,34 @@ def check_consistency(config: dict) -> None:
             f"config key 'probe.cfg_half': {probed!r} is not stored, generation.cfg_half is "
             f"{generation['cfg_half']!r}; allowed: {stored} (or set generation.cfg_half: both)"
         )
-    if "uncond" in stored and generation["guidance_scale"] <= 1:
+    flow = generation["scheduler"] == FLOW_SCHEDULER
+    if flow != backbone.flow_matching:
+        allowed = [FLOW_SCHEDULER] if backbone.flow_matching else "any but " + FLOW_SCHEDULER
+        raise ConfigError(
+            f"config key 'generation.scheduler': {generation['scheduler']!r} does not fit the "
+            f"{backbone.name} backbone, trained for "
+            f"{'flow matching' if backbone.flow_matching else 'noise prediction'}; "
+            f"allowed: {allowed}"
+        )
+    held = backbone.batch_halves(generation["guidance_scale"])
+    if "uncond" in stored and "uncond" not in held:
         raise ConfigError(
             f"config key 'generation.cfg_half': {generation['cfg_half']!r} needs the "
-            f"unconditional half, but generation.guidance_scale {generation['guidance_scale']} "
-            "<= 1 runs without classifier-free guidance; allowed: ['cond']"
+            f"unconditional half, but {backbone.no_uncond_reason(generation['guidance_scale'])}; "
+            f"allowed: {list(held)}"
         )
 
 
 def check_store(config: dict) -> None:
     """Raise ConfigError when a reader asks for a layer or step ``generation.store`` leaves
-    out (``reads.check_stored``), from the U-Net's config.json; when the model is not on this
-    machine yet (the demo builds it), the probe grid makes the same check once the layer table
+    out (``reads.check_stored``), from the layer table the backbone's config-only estimate
+    names; when the model is not on this machine yet (the demo builds it) or the adapter
+    names no layers without torch, the probe grid makes the same check once the layer table
     exists."""
-    unet_config = find_unet_config(config["models"]["diffusion"])
-    if unet_config is not None:
-        check_stored(config, *study_layers(config, json.loads(unet_config.read_text())))
-
-
-def _per_block(value, count: int) -> list[int]:
-    return list(value) if isinstance(value, list | tuple) else [value] * count
-
-
-def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list[Layer]:
-    """Every self-attention layer, in execution order, from the U-Net's config.json: the
-    layer table ``layers.discover_layers`` finds in the model (tested equal), without torch.
-
-    Mirrors how diffusers' UNet2DConditionModel builds its blocks: a cross-attention down block
-    holds ``layers_per_block`` transformers, an up block one more, the mid block one; each
-    transformer holds ``transformer_layers_per_block`` attn1 modules. Down block i works at the
-    latent size halved i times (stride-2 convs round up); up blocks mirror the down blocks.
-    """
-    down = unet_config["down_block_types"]
-    up = unet_config["up_block_types"]
-    channels = list(unet_config["block_out_channels"])
-    n = len(down)
-    per_block = _per_block(unet_config.get("layers_per_block", 2), n)
-    depth = _per_block(unet_config.get("transformer_layers_per_block", 1), n)
-    up_depth = unet_config.get("reverse_transformer_layers_per_block") or depth[::-1]
-    up_depth = _per_block(up_depth, n)
-    sizes = [(latent_height, latent_width)]
-    for _ in range(n - 1):
-        height, width = sizes[-1]
-        sizes.append((math.ceil(height / 2), math.ceil(width / 2)))
-
-    # (block prefix, attentions, transformers each, grid, channels) in execution order.
-    blocks = []
-    for i, block in enumerate(down):
-        if CROSS_ATTENTION_BLOCK in block:
-            blocks.append((f"down_blocks.{i}", per_block[i], depth[i], sizes[i], channels[i]))
-    if unet_config.get("mid_block_type", MID_BLOCK_WITH_TRANSFORMER) == MID_BLOCK_WITH_TRANSFORMER:
-        blocks.append(("mid_block", 1, depth[-1], sizes[-1], channels[-1]))
-    for i, block in enumerate(up):
-        level = n - 1 - i
-        if CROSS_ATTENTION_BLOCK in block:
-            blocks.append(
-                (f"up_blocks.{i}", per_block[level] + 1, up_depth[i], sizes[level], channels[level])
-            )
-    layers = []
-    for prefix, attentions, transformers, (height, width), width_channels in blocks:
-        for attention in range(attentions):
-            for transformer in range(transformers):
-                path = f"{prefix}.attentions.{attention}.transformer_blocks.{transformer}.attn1"
-                name, block = layer_name(path)
-                index = attention * transformers + transformer
-                layers.append(
-                    Layer(name, path, block, index, len(layers), height, width, width_channels)
-                )
-    return layers
+    table = study_table(config)
+    if table is not None:
+        generation = config["generation"]
+        check_stored(config, table, unet_calls(generation["scheduler"], generation["steps"]))
 
 
 def unet_calls(scheduler: str, steps: int) -> int:
@@ -156,7 +121,7 @@ class StoredArray:
     tokens: int
     channels: int
     steps: int
-    per_half: bool  # one array per stored CFG half (the U-Net's) or one (the VAE's)
+    per_half: bool  # one array per stored CFG half (the denoiser's) or one (the VAE's)
 
 
 def value_bytes(codec: dict, tokens: int, channels: int) -> float:
@@ -170,46 +135,49 @@ def value_bytes(codec: dict, tokens: int, channels: int) -> float:
 
 
 def stored_arrays(
-    config: dict, layers: list[Layer], n_calls: int, vae: tuple[int, int] | None
+    config: dict, estimate: Estimate, n_calls: int, vae_channels: int | None
 ) -> list[StoredArray]:
     """The activation arrays generation writes for ``config`` (``generation.store``), from
-    the U-Net's layer table and the VAE control's (tokens, channels) when known."""
+    the backbone's estimate: its named layer table where it has one, else every layer (an
+    upper bound). The VAE control's array (``vae_channels`` wide, when known) sits on the
+    latent grid."""
     plan = store_plan(config)
     permuted = config["controls"]["permuted_unet"]
+    table = estimate.table
     arrays = []
-    for source, selection in plan.items():
+    for role, selection in plan.items():
         steps = len(selection.resolve_steps(n_calls))
-        if source == VAE:
-            if vae is not None:
-                arrays.append(StoredArray(*vae, steps, per_half=False))
+        if role == VAE.role:
+            if vae_channels is not None:
+                tokens = math.prod(estimate.latent[1:])
+                arrays.append(StoredArray(tokens, vae_channels, steps, per_half=False))
             continue
-        chosen = set(selection.resolve_layers(layers))
-        if source == PERMUTED:
+        if table is None:
+            arrays += [StoredArray(t, c, steps, per_half=True) for t, c in estimate.layers]
+            continue
+        chosen = set(selection.resolve_layers(table))
+        if role == PERMUTED.role:
             patterns = permuted["layers"] or config["probe"]["layers"]
-            chosen &= {layer.name for layer in select_layers(layers, patterns)}
+            chosen &= {layer.name for layer in select_layers(table, patterns)}
         arrays += [
             StoredArray(layer.height * layer.width, layer.channels, steps, per_half=True)
-            for layer in layers
+            for layer in table
             if layer.name in chosen
         ]
     return arrays
 
 
 def image_footprint(
-    unet_config: dict, generation: dict, arrays: list[StoredArray] | None = None
+    estimate: Estimate, generation: dict, arrays: list[StoredArray] | None = None
 ) -> ImageFootprint:
     """What one generation job and one label job per task write, for the ``generation`` config;
-    ``arrays``: the activation arrays stored (``stored_arrays``; default: every U-Net layer at
-    every step)."""
+    ``estimate``: the backbone's, at the configured image size; ``arrays``: the activation
+    arrays stored (``stored_arrays``; default: every layer at every step)."""
     height, width = generation["height"], generation["width"]
-    latent_h, latent_w = height // LATENT_FACTOR, width // LATENT_FACTOR
     calls = unet_calls(generation["scheduler"], generation["steps"])
     halves = 2 if generation["cfg_half"] == "both" else 1
     if arrays is None:
-        arrays = [
-            StoredArray(layer.height * layer.width, layer.channels, calls, per_half=True)
-            for layer in attention_layers(unet_config, latent_h, latent_w)
-        ]
+        arrays = [StoredArray(t, c, calls, per_half=True) for t, c in estimate.layers]
     codec = generation.get("codec", {})
     activations = sum(
         array.tokens
@@ -219,46 +187,54 @@ def image_footprint(
         * value_bytes(codec, array.tokens, array.channels)
         for array in arrays
     )
+    latent_values = math.prod(estimate.latent)
     kinds = generation["previews"]
     labelled_previews = calls if "x0" in kinds else 0
     return ImageFootprint(
         activations=round(activations),
-        latents=2 * calls * 4 * latent_h * latent_w * 4,
+        latents=2 * calls * latent_values * 4,
         pictures=(1 + calls * len(kinds)) * (height * width * 3 + FILE_OVERHEAD),
         labels_per_task=2 * (1 + labelled_previews) * height * width * 4 + FILE_OVERHEAD,
     )
 
 
-def study_layers(config: dict, unet_config: dict) -> tuple[list[Layer], int]:
-    """The U-Net's layer table at the configured size and its U-Net calls, from config.json."""
-    generation = config["generation"]
-    layers = attention_layers(
-        unet_config, generation["height"] // LATENT_FACTOR, generation["width"] // LATENT_FACTOR
+def study_estimate(config: dict) -> Estimate | None:
+    """The backbone's config-only estimate at the configured size (None: no model here yet)."""
+    model, generation = config["models"]["diffusion"], config["generation"]
+    root = model_root(model)
+    if root is None:
+        return None
+    return get_backbone(model["backbone"]).estimate(
+        get_backbone(model["backbone"]).denoiser_config(root),
+        generation["height"],
+        generation["width"],
     )
-    return layers, unet_calls(generation["scheduler"], generation["steps"])
 
 
-def find_unet_config(model: dict) -> Path | None:
-    """The U-Net's config.json of ``model`` if it is on this machine now (no download)."""
+def study_table(config: dict) -> list[Layer] | None:
+    """The denoiser's named layer table at the configured size, where the adapter gives one."""
+    estimate = study_estimate(config)
+    return None if estimate is None else estimate.table
+
+
+def model_root(model: dict) -> Path | None:
+    """The folder of ``model`` if it is on this machine now (no download)."""
     from .models import MissingModelError, ModelRef, resolve_model
 
     try:
-        root = resolve_model(ModelRef.from_config("models.diffusion", model))
+        return resolve_model(ModelRef.from_config("models.diffusion", model))
     except MissingModelError:
         return None
-    path = root / "unet" / "config.json"
-    return path if path.is_file() else None
 
 
-def vae_shape(config: dict, unet_config: Path) -> tuple[int, int] | None:
-    """(tokens, channels) of the VAE control's array, from the VAE's config.json beside the
-    U-Net's; None when the control is off or the file is absent."""
-    path = unet_config.parent.parent / "vae" / "config.json"
-    if not config["controls"]["vae"]["enabled"] or not path.is_file():
+def vae_channels(config: dict) -> int | None:
+    """Channels of the VAE control's array (the decoder's widest, where its mid block runs),
+    from the VAE's config.json; None when the control is off or the file is absent."""
+    root = model_root(config["models"]["diffusion"])
+    path = None if root is None else root / "vae" / "config.json"
+    if not config["controls"]["vae"]["enabled"] or path is None or not path.is_file():
         return None
-    generation = config["generation"]
-    tokens = (generation["height"] // LATENT_FACTOR) * (generation["width"] // LATENT_FACTOR)
-    return tokens, json.loads(path.read_text())["block_out_channels"][-1]
+    return json.loads(path.read_text())["block_out_channels"][-1]
 
 
 def human(n_bytes: float) -> str:
@@ -319,18 +295,16 @@ def disk_preflight(config: dict, stores: list[str], labels: list[str]) -> str:
     settings = config["preflight"]
     if not settings["check_free_space"]:
         return "free space: not checked (preflight.check_free_space is false)"
-    unet_config = find_unet_config(config["models"]["diffusion"])
-    if unet_config is None:
+    generation = config["generation"]
+    estimate = study_estimate(config)
+    if estimate is None:
         return (
-            "free space: not checked, the U-Net config of models.diffusion is not on this "
+            "free space: not checked, the denoiser config of models.diffusion is not on this "
             "machine yet (this run builds or downloads it); the next run checks it"
         )
-    unet = json.loads(unet_config.read_text())
-    layers, n_calls = study_layers(config, unet)
+    n_calls = unet_calls(generation["scheduler"], generation["steps"])
     footprint = image_footprint(
-        unet,
-        config["generation"],
-        stored_arrays(config, layers, n_calls, vae_shape(config, unet_config)),
+        estimate, generation, stored_arrays(config, estimate, n_calls, vae_channels(config))
     )
     images = sum(not os.path.exists(path) for path in stores)
     label_files = sum(not os.path.exists(path) for path in labels)

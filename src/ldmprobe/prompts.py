@@ -16,6 +16,8 @@ A table is a CSV file with a header row. The columns used are named by ``prompts
 * ``seed``: a plain non-negative integer (digits only) no larger than :data:`SEED_MAX`.
 * ``split`` (optional column): ``train``, ``val`` or ``test``; an empty cell means "not given".
 
+More roles in ``columns`` (the classification experiment's ``target``) name more columns
+that every table must have; their cells come back as strings, in a column named by the role.
 Other columns are ignored. Surrounding whitespace is ignored in id, seed and split cells and in
 header names. CRLF and LF line ends, and minimal or full quoting, load identically.
 
@@ -43,6 +45,7 @@ SPLITS = ("train", "val", "test")
 
 # The schema's defaults, so a spec that did not pass through validate_config behaves the same.
 DEFAULT_COLUMNS = {"id": "prompt_id", "prompt": "prompt", "seed": "seed", "split": "split"}
+ROLES = tuple(DEFAULT_COLUMNS)
 DEFAULT_FRACTIONS = {"train": 0.6, "val": 0.1, "test": 0.3}
 DEFAULT_VAL_FRACTION_OF_TRAIN = 0.1
 
@@ -74,13 +77,15 @@ def assign_split(prompt_id: str, fractions: dict[str, float], salt: str = "") ->
     return [split for split in SPLITS if fractions[split] > 0][-1]
 
 
-def load_prompts(spec: dict, base_dir: str | Path = ".") -> pd.DataFrame:
-    """All rows of the tables in ``spec`` (the ``prompts`` config section), validated and split.
+def load_prompts(spec: dict, base_dir: str | Path = ".", key: str = "prompts") -> pd.DataFrame:
+    """All rows of the tables in ``spec`` (the ``prompts`` config section, or another section
+    of that shape named by ``key`` in messages), validated and split.
 
     Relative paths in ``spec["files"]`` resolve against ``base_dir``. Returns one row per table
     row with columns ``prompt_id`` (str), ``prompt`` (str), ``seed`` (Python int, object dtype:
     seeds may exceed int64), ``split``, ``source`` (the path as configured) and ``line`` (where
-    the record starts in its file, header = line 1), sorted by (prompt_id, seed).
+    the record starts in its file, header = line 1), then one per extra role of ``columns``,
+    sorted by (prompt_id, seed).
     Raises :class:`PromptTableError` on the first problem found.
     """
     files = spec["files"]
@@ -109,7 +114,7 @@ def load_prompts(spec: dict, base_dir: str | Path = ".") -> pd.DataFrame:
                 f"use one of {', '.join(SPLITS)} or leave it out"
             )
         text = _read_text(entry["path"], Path(base_dir) / entry["path"], encoding, codec)
-        rows.extend(_parse_table(entry["path"], text, columns, file_split, index))
+        rows.extend(_parse_table(entry["path"], text, columns, file_split, index, key))
 
     if columns["id"] is None:
         for number, row in enumerate(rows, start=1):
@@ -126,6 +131,7 @@ def load_prompts(spec: dict, base_dir: str | Path = ".") -> pd.DataFrame:
             "split": [row["split"] for row in rows],
             "source": [row["source"] for row in rows],
             "line": [row["line"] for row in rows],
+            **{role: [row[role] for row in rows] for role in columns if role not in ROLES},
         }
     )
 
@@ -154,12 +160,15 @@ def _read_text(source: str, path: Path, encoding: str, codec: str) -> str:
         raise PromptTableError(
             f"prompt table {source} is empty (0 bytes); it needs a header row and data rows"
         )
+    # Excel's "CSV UTF-8" starts with a byte-order mark; UTF-8 readers drop it, as pandas does.
+    if data.startswith(codecs.BOM_UTF8) and codec == "utf-8":
+        data = data[len(codecs.BOM_UTF8) :]
     # Checked on the bytes because a single-byte codec such as iso-8859-1 would silently turn
     # the mark into "ï»¿" glued to the first column name.
     if data.startswith(codecs.BOM_UTF8) and not _keeps_bom_out(codec):
         raise PromptTableError(
-            f"prompt table {source} starts with a UTF-8 byte-order mark; "
-            "set prompts.encoding: utf-8-sig to read it"
+            f"prompt table {source} starts with a UTF-8 byte-order mark, so it is UTF-8, not "
+            f"{encoding}; set prompts.encoding: utf-8 to read it"
         )
     try:
         text = data.decode(encoding)
@@ -191,7 +200,7 @@ def _keeps_bom_out(codec: str) -> bool:
 
 
 def _parse_table(
-    source: str, text: str, columns: dict, file_split: str | None, index: int
+    source: str, text: str, columns: dict, file_split: str | None, index: int, key: str
 ) -> list[dict]:
     records = _records(source, text)
     if not records:
@@ -202,8 +211,7 @@ def _parse_table(
         raise PromptTableError(f"prompt table {source} has a header but no data rows; add rows")
 
     positions = {}
-    for key in ("id", "prompt", "seed", "split"):
-        name = columns.get(key)
+    for role, name in columns.items():
         if name is None:
             continue
         if header.count(name) > 1:
@@ -212,12 +220,14 @@ def _parse_table(
                 f"{header.count(name)} times in the header; rename the extra ones"
             )
         if name in header:
-            positions[key] = header.index(name)
-        elif key != "split":
+            positions[role] = header.index(name)
+        elif role != "split":
+            setting = f"{key}.columns.{role}"
             raise PromptTableError(
-                f"prompt table {source}: no column {name!r} (config key prompts.columns.{key}); "
-                f"the header has {header}. Rename the column or change prompts.columns.{key}"
+                f"prompt table {source}: no column {name!r} (config key {setting}); "
+                f"the header has {header}. Rename the column or change {setting}"
             )
+    extras = [role for role in positions if role not in ROLES]
 
     rows = []
     for line, fields in records[1:]:
@@ -240,6 +250,7 @@ def _parse_table(
                 "given_split": _given_split(fields, positions, file_split, index, where),
                 "source": source,
                 "line": line,
+                **{role: fields[positions[role]] for role in extras},
             }
         )
     return rows

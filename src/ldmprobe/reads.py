@@ -2,8 +2,10 @@
 
 Every consumer of stored activations declares here, in ``readers``, the (source, layers, steps)
 it reads, in the config's own terms (layer patterns or ``all``, step lists or ``all``): the
-probe grid and each enabled control. A new consumer (the intervention) adds its entry there
-and nowhere else. ``generation.store`` then says what generation writes:
+probe grid, each enabled control and the intervention (whose edits go through the probes of
+the cells it edits). A new consumer adds its entry there and nowhere else. Sources are named
+by their role in ``sources.py`` (``denoiser``, ``permuted``, ``vae``), whatever the backbone.
+``generation.store`` then says what generation writes:
 
 * ``read`` (the default): the union of what the readers read, per source;
 * ``all``: every layer at every step (the reference study's dump);
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import ConfigError
-from .controls import PERMUTED, UNET, VAE, VAE_LAYER
+from .sources import DENOISER, PERMUTED, VAE
 
 
 @dataclass(frozen=True)
@@ -64,18 +66,26 @@ def _selection(layers, steps) -> Selection:
 
 def readers(config: dict) -> list[Reader]:
     """Every consumer of stored activations and what it reads (validated config)."""
+    from .intervention.plan import edited_selection
+
     probe = config["probe"]
-    found = [Reader("probe", UNET, _selection(probe["layers"], probe["steps"]))]
+    found = [Reader("probe", DENOISER.role, _selection(probe["layers"], probe["steps"]))]
     controls = config["controls"]
     permuted = controls["permuted_unet"]
     if permuted["enabled"]:
         layers = permuted["layers"] if permuted["layers"] is not None else probe["layers"]
         steps = permuted["steps"] if permuted["steps"] is not None else probe["steps"]
-        found.append(Reader("controls.permuted_unet", PERMUTED, _selection(layers, steps)))
+        found.append(Reader("controls.permuted_unet", PERMUTED.role, _selection(layers, steps)))
     vae = controls["vae"]
     if vae["enabled"]:
         steps = vae["steps"] if vae["steps"] is not None else probe["steps"]
-        found.append(Reader("controls.vae", VAE, _selection("all", steps)))
+        found.append(Reader("controls.vae", VAE.role, _selection("all", steps)))
+    intervention = config["intervention"]
+    if intervention["enabled"]:
+        edited = _selection(*edited_selection(intervention))
+        found.append(Reader("intervention", DENOISER.role, edited))
+        if permuted["enabled"] and "permuted-probe" in intervention["controls"]:
+            found.append(Reader("intervention", PERMUTED.role, edited))
     return found
 
 
@@ -89,7 +99,7 @@ def _union(values: list) -> str | tuple:
 
 
 def store_plan(config: dict) -> dict[str, Selection]:
-    """Per source that generation writes, the layers and steps it writes."""
+    """Per source that generation writes (by role), the layers and steps it writes."""
     store = config["generation"]["store"]
     found = readers(config)
     sources = {reader.source for reader in found}
@@ -103,19 +113,19 @@ def store_plan(config: dict) -> dict[str, Selection]:
             )
             for source in sources
         }
-    # An explicit store's layer patterns name U-Net layers; the VAE control has one layer.
+    # An explicit store's layer patterns name the denoiser's layers; the VAE control has one.
     return {
-        source: _selection("all" if source == VAE else store["layers"], store["steps"])
+        source: _selection("all" if source == VAE.role else store["layers"], store["steps"])
         for source in sources
     }
 
 
 def check_stored(config: dict, layers: list, n_calls: int) -> None:
     """Raise ConfigError when a reader asks for a (layer, step) that generation does not
-    store; ``layers``: the U-Net's layers (``Layer`` objects, in execution order)."""
+    store; ``layers``: the denoiser's layers (``Layer`` objects, in execution order)."""
     plan = store_plan(config)
     for reader in readers(config):
-        table = [VAE_LAYER] if reader.source == VAE else layers
+        table = [VAE.layer["name"]] if reader.source == VAE.role else layers
         stored = plan[reader.source]
         want_steps, have_steps = (
             reader.selection.resolve_steps(n_calls),

@@ -23,7 +23,6 @@ import numpy as np
 
 from .io import pause_point, rerun_advice
 
-HALVES = {"uncond": 0, "cond": 1}
 # generation.codec.quantise: the axis over which one scale is shared (tokens, channels).
 QUANTISERS = {"none": None, "int8-token": -1, "int8-channel": 0}
 INT8_MAX = 127

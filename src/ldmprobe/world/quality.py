@@ -71,7 +71,8 @@ def classifier_quality(folder: str, recipe) -> dict[str, dict]:
     """Top-1 accuracy of the classifier in ``folder`` on held-out single-object renders."""
     from PIL import Image
 
-    from ..classify import WORLD, load_classifier
+    from ..classify_jobs import load_classifier
+    from ..classify_prompts import WORLD
     from ..models import ModelRef
     from .nets import classifier_dataset
 
