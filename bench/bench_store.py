@@ -130,7 +130,8 @@ def transcode(source: Path, target: Path, codec: dict) -> None:
 
 
 def write_labels(images: list[Path], work: Path) -> dict[str, list[str]]:
-    from ldmprobe.labels import TASKS, label_image
+    from ldmprobe.labels import label_image
+    from ldmprobe.tasks import TASKS
 
     labels = {"saliency": [], "depth": []}
     for index, folder in enumerate(images):
