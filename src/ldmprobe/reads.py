@@ -102,7 +102,8 @@ def store_plan(config: dict) -> dict[str, Selection]:
     """Per source that generation writes (by role), the layers and steps it writes."""
     store = config["generation"]["store"]
     found = readers(config)
-    sources = {reader.source for reader in found}
+    # In the readers' order, so the generate jobs' param is the same in every process.
+    sources = list(dict.fromkeys(reader.source for reader in found))
     if store == "all":
         return {source: Selection("all", "all") for source in sources}
     if store == "read":
