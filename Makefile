@@ -35,13 +35,15 @@ test: install
 # one-node SLURM test cluster (root: it installs and starts SLURM, then stops it).
 bench: install
 	cd bench && $(abspath $(PY)) bench_unet_calls.py && $(abspath $(PY)) bench_storage.py \
-		&& $(abspath $(PY)) bench_dump.py && $(abspath $(PY)) bench_probe.py && $(abspath $(PY)) bench_dag.py \
+		&& $(abspath $(PY)) bench_dump.py && $(abspath $(PY)) bench_probe.py && $(abspath $(PY)) bench_store.py \
+		&& $(abspath $(PY)) bench_dag.py \
 		&& $(abspath $(PY)) bench_demo.py && $(abspath $(PY)) report.py
 
 bench-gpu: install
 	cd bench && $(abspath $(PY)) bench_dump.py --full-size --device cuda \
 		&& $(abspath $(PY)) bench_storage.py --full-size --device cuda --images 2 \
-		&& $(abspath $(PY)) bench_probe.py --sources synthetic && $(abspath $(PY)) report.py
+		&& $(abspath $(PY)) bench_probe.py --sources synthetic \
+		&& $(abspath $(PY)) bench_probe.py --sources synthetic --device cuda && $(abspath $(PY)) report.py
 
 bench-cluster: install
 	cd bench && $(abspath $(PY)) bench_cluster.py && $(abspath $(PY)) report.py

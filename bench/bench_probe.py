@@ -1,5 +1,10 @@
-"""Item 2, a probe-grid cell vs its I/O floor: the probe job (all tasks) vs only reading the
-cell's activations from the image stores, and the peak memory of each vs the cell's fp16 bytes.
+"""Item 2, a probe-grid cell vs its honest floor: the probe job (all tasks) vs the larger of
+reading the cell's activations from the image stores once and the epochs' matrix products
+alone, and the peak memory of each vs the cell's fp16 bytes.
+
+The products floor: the train split as float32 in memory, every epoch's batches (contiguous
+slices, no gather) through the stacked heads of all tasks (4 outputs), forward and the
+weight gradient, nothing else: what any gradient-trained probe must compute.
 
 One cell per layer size. Two kinds of stores:
 
@@ -26,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import median, parser, peak_rss_bytes, record, rss_bytes
+from benchlib import median, parser, peak_rss_bytes, record, rss_bytes, synchronise
 
 # (layer name, token grid side, channels) of SD v1.x at 512 px, one per layer size.
 SD_SIZES = [("down0.0", 64, 320), ("down1.0", 32, 640), ("down2.0", 16, 1280), ("mid.0", 8, 1280)]
@@ -176,13 +181,39 @@ def write_manifest(work: Path, stores: list[str], labels: dict) -> Path:
     return path
 
 
-def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, profile: bool):
-    """One measurement in a fresh process: the cell's read alone, or the whole probe job."""
+# Outputs of the task heads trained together: saliency's two logits, depth's and shading's one.
+HEAD_OUTPUTS = 4
+
+
+def matrix_products(train_x, epochs: int, batch_images: int) -> None:
+    """The epochs' forward and weight-gradient products of the stacked heads, on ``train_x``."""
+    import torch
+
+    weight = torch.zeros(HEAD_OUTPUTS, train_x.shape[-1], device=train_x.device)
+    for _ in range(epochs):
+        for start in range(0, train_x.shape[0], batch_images):
+            batch = train_x[start : start + batch_images].reshape(-1, train_x.shape[-1])
+            output = batch @ weight.T
+            (output.T @ batch).sum()
+
+
+def worker(
+    kind: str,
+    manifest: str,
+    layer: str,
+    out_dir: str,
+    epochs: int,
+    profile: bool,
+    device: str = "cpu",
+):
+    """One measurement in a fresh process: the cell's read alone, its matrix products alone,
+    or the whole probe job."""
     import torch
 
     from ldmprobe.cell import Cell, load_activations
     from ldmprobe.dataset import read_manifest
     from ldmprobe.jobs import probe
+    from ldmprobe.models import resolve_device
 
     torch.set_num_threads(1)
     settings = {task: {**values, "epochs": epochs} for task, values in TASK_SETTINGS.items()}
@@ -193,6 +224,16 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
         profiler.enable()
     if kind == "read":
         load_activations(read_manifest(manifest), Cell("unet", "cond", layer, 0))
+    elif kind == "products":
+        table = read_manifest(manifest)
+        rows = np.flatnonzero(table["split"].to_numpy() == "train")
+        train_x, _ = load_activations(table, Cell("unet", "cond", layer, 0), rows, torch.float32)
+        # On a GPU the products run there, on the tensor moved there once (as the probe job).
+        train_x = train_x.to(resolve_device(device))
+        synchronise(str(train_x.device))
+        baseline, start = rss_bytes(), time.perf_counter()
+        matrix_products(train_x, epochs, PROBE_DEFAULTS["batch_images"])
+        synchronise(str(train_x.device))
     else:
         probe(
             manifest,
@@ -203,6 +244,7 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
             settings,
             f"{out_dir}/probe.safetensors",
             f"{out_dir}/metrics.csv",
+            device,
         )
     if profiler:
         profiler.disable()
@@ -219,6 +261,53 @@ def worker(kind: str, manifest: str, layer: str, out_dir: str, epochs: int, prof
     return result
 
 
+def compare_huber(manifest: Path, layer: str, epochs: int, reps: int) -> dict:
+    """The cell's training alone (``train_probes``, all tasks, data in memory), with Huber at
+    the label resolution (the reference's form) and exact at the token grid (sorted blocks),
+    interleaved in one process; the cross-entropy task is the same in both."""
+    import torch
+
+    from ldmprobe.cell import Cell, load_activations
+    from ldmprobe.dataset import read_manifest
+    from ldmprobe.labels import TASKS, load_label
+    from ldmprobe.probes import ProbeSettings, ProbeTask, train_probes
+
+    torch.set_num_threads(1)
+    table = read_manifest(str(manifest))
+    split = table["split"].to_numpy()
+    rows = {part: np.flatnonzero(split == part) for part in ("train", "val")}
+    cell = Cell("unet", "cond", layer, 0)
+    train_x, (height, width) = load_activations(table, cell, rows["train"], torch.float32)
+    val_x, _ = load_activations(table, cell, rows["val"])
+
+    def labels(task, part):
+        paths = table[f"label_{task}"].to_numpy()[rows[part]]
+        return torch.from_numpy(
+            np.stack([load_label(p, keys=("target",))["target"] for p in paths])
+        )
+
+    seconds = {"label": [], "native": []}
+    for _ in range(reps):
+        for resolution in seconds:
+            tasks = {
+                task: ProbeTask(
+                    TASKS[task].kind,
+                    ProbeSettings(**{**values, "epochs": epochs, "loss_resolution": resolution}),
+                    labels(task, "train"),
+                    labels(task, "val"),
+                )
+                for task, values in TASK_SETTINGS.items()
+            }
+            start = time.perf_counter()
+            train_probes(tasks, train_x, val_x, height, width)
+            seconds[resolution].append(round(time.perf_counter() - start, 3))
+    return {
+        "label_s": seconds["label"],
+        "native_s": seconds["native"],
+        "speedup": median(seconds["label"]) / median(seconds["native"]),
+    }
+
+
 def in_fresh_process(*args):
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -226,23 +315,38 @@ def in_fresh_process(*args):
 
 
 def measure_cell(
-    manifest: Path, layer: str, work: Path, epochs: int, profile: bool, read_again: bool
+    manifest: Path,
+    layer: str,
+    work: Path,
+    epochs: int,
+    profile: bool,
+    read_again: bool,
+    device: str = "cpu",
 ) -> dict:
+    """Read, products, train (and read and products again), interleaved, each in a fresh
+    process; the floor is the larger of the read's and the products' medians."""
     out = work / "probe" / layer
     out.mkdir(parents=True, exist_ok=True)
-    reads = [in_fresh_process("read", str(manifest), layer, str(out), epochs, False)]
-    train = in_fresh_process("train", str(manifest), layer, str(out), epochs, False)
+    args = (str(manifest), layer, str(out), epochs)
+    reads = [in_fresh_process("read", *args, False)]
+    products = [in_fresh_process("products", *args, False, device)]
+    train = in_fresh_process("train", *args, False, device)
     if read_again:
-        reads.append(in_fresh_process("read", str(manifest), layer, str(out), epochs, False))
+        reads.append(in_fresh_process("read", *args, False))
+        products.append(in_fresh_process("products", *args, False, device))
     results = {
+        "device": device,
         "read_s": [round(r["wall_s"], 3) for r in reads],
+        "products_s": [round(r["wall_s"], 3) for r in products],
         "train_s": round(train["wall_s"], 3),
         "read_peak_rss_bytes": max(r["peak_rss"] - r["baseline_rss"] for r in reads),
         "train_peak_rss_bytes": train["peak_rss"] - train["baseline_rss"],
     }
+    results["floor_s"] = max(median(results["read_s"]), median(results["products_s"]))
     results["time_ratio"] = results["train_s"] / median(results["read_s"])
+    results["floor_ratio"] = results["train_s"] / results["floor_s"]
     if profile:
-        profiled = in_fresh_process("train", str(manifest), layer, str(out), epochs, True)
+        profiled = in_fresh_process("train", *args, True, device)
         results["profile_top"] = profiled["profile_top"]
     return results
 
@@ -259,6 +363,12 @@ def main(argv=None) -> None:
         "--layers", nargs="+", help=f"only these cells (default: {[n for n, *_ in SD_SIZES]})"
     )
     args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
+    args.add_argument("--device", default="cpu", help="probe.device of the probe job")
+    args.add_argument(
+        "--compare-huber",
+        action="store_true",
+        help="only compare training with Huber at the label resolution and at the token grid",
+    )
     options = args.parse_args(argv)
     if options.tiny:
         options.images, options.label_size, options.previews, options.epochs = 10, 64, 2, 2
@@ -292,8 +402,30 @@ def main(argv=None) -> None:
                 ]
             manifest = write_manifest(source_dir, stores, labels)
             for name, height, width, channels in cells:
+                if options.compare_huber:
+                    config = {
+                        "source": source,
+                        "layer": name,
+                        "tokens": height * width,
+                        "channels": channels,
+                        "images": options.images,
+                        "epochs": options.epochs,
+                        "label_size": options.label_size,
+                        "tiny": options.tiny,
+                    }
+                    results = compare_huber(
+                        manifest, name, options.epochs, 1 if options.tiny else 2
+                    )
+                    record(options.results_dir, "probe_huber", "cpu", config, results)
+                    continue
                 results = measure_cell(
-                    manifest, name, source_dir, options.epochs, options.profile, not options.tiny
+                    manifest,
+                    name,
+                    source_dir,
+                    options.epochs,
+                    options.profile,
+                    not options.tiny,
+                    options.device,
                 )
                 fp16 = options.images * height * width * channels * 2
                 results.update(
@@ -314,7 +446,8 @@ def main(argv=None) -> None:
                     "codec": codec,
                     "tiny": options.tiny,
                 }
-                record(options.results_dir, "probe_cell", "cpu", config, results)
+                device = "cpu" if options.device == "cpu" else "cuda"
+                record(options.results_dir, "probe_cell", device, config, results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Item 3, storage: bytes per image on disk vs raw fp16 for each ``storage.codec``.
+"""Item 3, storage: bytes per image on disk vs raw fp16 for each ``generation.codec``.
 
 Activations come from ``ldmprobe.generation.generate`` (every self-attention layer, every
 U-Net call) with the demo model, or the full-size SD v1.4 architecture with ``--full-size``.
@@ -27,7 +27,16 @@ CODECS = [
     {"name": "blosc-zstd", "level": 5},
     {"name": "blosc-lz4", "level": 5},
     {"name": "blosc-lz4hc", "level": 5},
+    {"name": "blosc-zstd", "level": 3, "quantise": "int8-token"},
+    {"name": "blosc-zstd", "level": 3, "quantise": "int8-channel"},
+    {"name": "zstd", "level": 3, "quantise": "int8-token"},
 ]
+
+
+def codec_label(codec: dict) -> str:
+    """``name:level[:quantise]``, as ``--codecs`` takes them."""
+    label = f"{codec['name']}:{codec.get('level', '')}".rstrip(":")
+    return label + (f":{codec['quantise']}" if codec.get("quantise", "none") != "none" else "")
 
 
 def generate_stores(work: Path, full_size: bool, device: str, images: int, size: int, steps: int):
@@ -72,22 +81,31 @@ def activation_arrays(store) -> dict[str, np.ndarray]:
 
 
 def encode(arrays: dict[str, np.ndarray], path: Path, codec: dict) -> dict:
-    """Write ``arrays`` chunk by chunk with ``codec``, then read every chunk back."""
-    from ldmprobe.storage import create_store, open_store, read_chunk
+    """Write ``arrays`` chunk by chunk with ``codec`` (``write_chunk``, as generation does),
+    then read every chunk back; the read values' RMS error relative to the values' RMS."""
+    from ldmprobe.storage import create_store, open_store, read_chunk, write_chunk
 
     start = time.perf_counter()
     group = create_store(path, {k: (v.shape, str(v.dtype)) for k, v in arrays.items()}, codec)
     for name, values in arrays.items():
         for step in range(values.shape[0]):
-            group[name][step] = values[step]
+            write_chunk(group, name, step, values[step])
     write_s = time.perf_counter() - start
     start = time.perf_counter()
     reopened = open_store(path)
+    squared_error = squared = 0.0
     for name, values in arrays.items():
         for step in range(values.shape[0]):
-            read_chunk(reopened, name, step, path)
+            read = read_chunk(reopened, name, step, path).astype(np.float64)
+            squared_error += float(((read - values[step]) ** 2).sum())
+            squared += float((values[step].astype(np.float64) ** 2).sum())
     read_s = time.perf_counter() - start
-    return {"bytes": directory_bytes(path), "write_s": write_s, "read_s": read_s}
+    return {
+        "bytes": directory_bytes(path),
+        "write_s": write_s,
+        "read_s": read_s,
+        "relative_rms_error": (squared_error / squared) ** 0.5,
+    }
 
 
 def main(argv=None) -> None:
@@ -97,10 +115,17 @@ def main(argv=None) -> None:
     args.add_argument("--size", type=int, default=512, help="image size in px")
     args.add_argument("--steps", type=int, default=15)
     args.add_argument("--device", default="auto")
+    args.add_argument(
+        "--codecs",
+        nargs="+",
+        help=f"only these (default: all of {[codec_label(c) for c in CODECS]})",
+    )
     options = args.parse_args(argv)
     if options.tiny:
         options.images, options.size, options.steps = 1, 64, 2
     codecs = CODECS[:2] if options.tiny else CODECS
+    if options.codecs:
+        codecs = [codec for codec in CODECS if codec_label(codec) in options.codecs]
 
     from ldmprobe.jobs import setup_job
     from ldmprobe.models import resolve_device
@@ -137,6 +162,7 @@ def main(argv=None) -> None:
                     "compression_ratio": raw / stored,
                     "write_mb_per_s": megabytes / sum(run["write_s"] for run in runs),
                     "read_mb_per_s": megabytes / sum(run["read_s"] for run in runs),
+                    "relative_rms_error": max(run["relative_rms_error"] for run in runs),
                 }
                 config = {
                     "model": "sd-v1.4 full size" if options.full_size else "demo",

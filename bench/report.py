@@ -96,25 +96,68 @@ def dump_rows(records, machines):
 
 
 def probe_rows(records, machines):
+    """Rows measured against the honest floor (read once vs the epochs' products); older rows
+    measured against the read alone show a dash there."""
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
+        floor = "products_s" in x
         rows.append(
             [
                 machines.ref(r),
                 load_text(r),
                 c["source"],
                 f"{c['layer']} ({c['tokens']}x{c['channels']})",
+                x.get("device", "cpu"),
                 c["images"],
                 c["epochs"],
                 " ".join(f"{s:.2f}" for s in x["read_s"]),
-                f"{x['train_s']:.1f}",
-                f"**{x['time_ratio']:.1f}**",
+                " ".join(f"{s:.2f}" for s in x["products_s"]) if floor else "-",
+                f"{x['train_s']:.2f}",
+                f"{x['time_ratio']:.1f}",
+                f"**{x['floor_ratio']:.1f}**" if floor else "-",
                 mib(x["cell_fp16_bytes"]),
                 f"{mib(x['train_peak_rss_bytes'])} ({x['train_memory_ratio']:.1f}x)",
                 f"{mib(x['read_peak_rss_bytes'])} ({x['read_memory_ratio']:.1f}x)",
             ]
         )
+    if not any(r["results"].get("device", "cpu") != "cpu" for r in records):
+        rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", *[""] * 12])
+    header = [
+        "machine",
+        "load",
+        "stores",
+        "layer (tokens x channels)",
+        "device",
+        "images",
+        "epochs",
+        "read s",
+        "products s",
+        "train s (3 tasks)",
+        "train / read",
+        "train / floor",
+        "cell fp16 MiB",
+        "train peak MiB (x fp16)",
+        "read peak MiB (x fp16)",
+    ]
+    return table(header, rows)
+
+
+def huber_rows(records, machines):
+    rows = [
+        [
+            machines.ref(r),
+            load_text(r),
+            r["config"]["source"],
+            f"{r['config']['layer']} ({r['config']['tokens']}x{r['config']['channels']})",
+            r["config"]["images"],
+            r["config"]["epochs"],
+            " ".join(f"{v:.2f}" for v in r["results"]["label_s"]),
+            " ".join(f"{v:.2f}" for v in r["results"]["native_s"]),
+            f"**{r['results']['speedup']:.1f}x**",
+        ]
+        for r in records
+    ]
     header = [
         "machine",
         "load",
@@ -122,12 +165,120 @@ def probe_rows(records, machines):
         "layer (tokens x channels)",
         "images",
         "epochs",
-        "read s",
-        "train s (3 tasks)",
-        "train / read",
-        "cell fp16 MiB",
-        "train peak MiB (x fp16)",
-        "read peak MiB (x fp16)",
+        "Huber at label resolution: training s",
+        "Huber exact at the token grid: training s",
+        "faster",
+    ]
+    return table(header, rows)
+
+
+def codec_name(codec: dict) -> str:
+    name = codec["name"] + (f" {codec['level']}" if "level" in codec else "")
+    quantise = codec.get("quantise", "none")
+    return name if quantise == "none" else f"{quantise} + {name}"
+
+
+def store_set_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        # The plan is keyed by source role; records made before the backbone seam by "unet".
+        steps = c["read"].get("denoiser", c["read"].get("unet"))["steps"]
+        rows.append(
+            [
+                machines.ref(r),
+                f"{c['model']}, {c['size']} px, {c['steps']} steps",
+                codec_name(c["codec"]),
+                f"{steps} and the controls",
+                c["images"],
+                f"{x['all_bytes_per_image'] / 1e6:.2f}",
+                f"{x['read_bytes_per_image'] / 1e6:.2f}",
+                f"**{x['ratio']:.2f}x**",
+            ]
+        )
+    header = [
+        "machine",
+        "model",
+        "codec",
+        "read: U-Net steps",
+        "images",
+        "all: MB/image",
+        "read: MB/image",
+        "all / read",
+    ]
+    return table(header, rows)
+
+
+def codec_metric_rows(records, machines):
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+        rows.append(
+            [
+                machines.ref(r),
+                f"{c['model']}, {c['size']} px, {c['steps']} steps",
+                codec_name(c["codec"]),
+                c["images"],
+                f"{x['baseline_bytes_per_image'] / 1e6:.3f}",
+                f"{x['bytes_per_image'] / 1e6:.3f}",
+                f"**{x['smaller']:.2f}x**",
+                len({(cell["layer"], cell["step"]) for cell in x["cells"]}),
+                f"**{x['max_abs_delta']:.4f}**",
+                f"{x['max_image_delta']:.4f}",
+                f"{x['max_val_loss_rel_change']:.1e}",
+                f"{x['max_output_rel_change']:.1e}",
+            ]
+        )
+    header = [
+        "machine",
+        "model",
+        "codec",
+        "images",
+        "float16 + blosc-zstd 3: activation MB/image",
+        "8-bit: activation MB/image",
+        "smaller",
+        "cells",
+        "max over cells and metrics of abs(change of the mean)",
+        "max change of one image's metric",
+        "max relative change of a validation loss",
+        "max relative change of the probe outputs",
+    ]
+    return table(header, rows)
+
+
+def codec_cell_rows(records, machines):
+    """Every (layer, step) of the latest record of each codec: the change of each metric."""
+    latest = {}
+    for r in records:
+        latest[codec_name(r["config"]["codec"])] = r
+    metrics = ["saliency dice", "depth spearman", "depth pearson", "depth rmse"]
+    rows = []
+    for name, r in latest.items():
+        changes = {}
+        for cell in r["results"]["cells"]:
+            key = (cell["layer"], cell["step"])
+            changes.setdefault(key, {})[f"{cell['task']} {cell['metric']}"] = cell
+        for (layer, step), values in changes.items():
+            rows.append(
+                [
+                    name,
+                    layer,
+                    step,
+                    *[
+                        f"{values[m]['float16']:.3f} {values[m]['delta']:+.4f}"
+                        if m in values
+                        else ""
+                        for m in metrics
+                    ],
+                    f"{max(v['output_rel_change'] for v in values.values()):.1e}",
+                ]
+            )
+    header = [
+        "codec",
+        "layer",
+        "step",
+        *[f"{m}: float16, change" for m in metrics],
+        "probe outputs: relative change",
     ]
     return table(header, rows)
 
@@ -136,7 +287,7 @@ def storage_rows(records, machines):
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
-        codec = c["codec"]["name"] + (f" {c['codec']['level']}" if "level" in c["codec"] else "")
+        codec = codec_name(c["codec"])
         rows.append(
             [
                 machines.ref(r),
@@ -149,6 +300,7 @@ def storage_rows(records, machines):
                 f"**{x['compression_ratio']:.3f}**",
                 f"{x['write_mb_per_s']:.0f}",
                 f"{x['read_mb_per_s']:.0f}",
+                f"{x['relative_rms_error']:.1e}" if "relative_rms_error" in x else "",
             ]
         )
     header = [
@@ -162,6 +314,7 @@ def storage_rows(records, machines):
         "raw / stored",
         "write MB/s",
         "read MB/s",
+        "relative RMS error",
     ]
     return table(header, rows)
 
@@ -295,6 +448,10 @@ def cluster_rows(records, machines):
     return table(header, rows)
 
 
+# Tables rendered from another benchmark's records.
+CELLS_OF = {"codec_cells": "codec_metrics"}
+
+
 def world_scenes_rows(records, machines):
     rows = [
         [
@@ -314,7 +471,11 @@ def world_scenes_rows(records, machines):
 RENDERERS = {
     "dump_overhead": dump_rows,
     "probe_cell": probe_rows,
+    "probe_huber": huber_rows,
     "storage": storage_rows,
+    "store_set": store_set_rows,
+    "codec_metrics": codec_metric_rows,
+    "codec_cells": codec_cell_rows,
     "dag_scale": dag_rows,
     "demo_end_to_end": demo_rows,
     "unet_calls": calls_rows,
@@ -328,7 +489,7 @@ def render_tables(records: list[dict]) -> dict[str, str]:
     machines = Machines()
     kept = [r for r in records if not r["config"].get("tiny")]
     tables = {
-        name: render([r for r in kept if r["bench"] == name], machines)
+        name: render([r for r in kept if r["bench"] == CELLS_OF.get(name, name)], machines)
         for name, render in RENDERERS.items()
     }
     tables["machines"] = machines.legend()

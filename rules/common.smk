@@ -10,7 +10,13 @@ from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
 from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
-from ldmprobe.preflight import DiskSpaceError, check_consistency, disk_preflight
+from ldmprobe.preflight import (
+    DiskSpaceError,
+    check_consistency,
+    check_store,
+    disk_preflight,
+)
+from ldmprobe.reads import check_stored, store_plan
 from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
 from ldmprobe.sources import DENOISER
 from ldmprobe.tasks import TASKS
@@ -106,6 +112,19 @@ if _missing and dry_run():
     )
 elif _missing:
     fail("\n".join(_missing))
+try:
+    check_store(CONFIG)
+except ConfigError as error:
+    fail(error)
+
+
+def store_params():
+    """What the generate jobs write (generation.store resolved against the readers: the
+    probe grid, the controls and the intervention): a param, so a change reruns generation.
+    """
+    return {
+        source: selection.to_dict() for source, selection in store_plan(CONFIG).items()
+    }
 
 
 def untracked(value):
@@ -147,6 +166,18 @@ def gpu_resources(device, batch):
         "mem_mb": lambda wildcards, attempt: 16000 * attempt,
         "runtime": lambda wildcards, attempt: (8 + 2 * images) * attempt,
     }
+    if GPU_MODEL:
+        resources["gpu_model"] = GPU_MODEL
+    return resources
+
+
+def probe_resources(device):
+    """A probe cell's job: on the GPU partition with one GPU for probe.device auto or cuda,
+    else on the CPU (gpu 0). Memory, runtime and threads: the profiles' settings for `probe`.
+    """
+    if device == "cpu":
+        return {"gpu": 0}
+    resources = {"gpu": 1, "slurm_partition": GPU_PARTITION}
     if GPU_MODEL:
         resources["gpu_model"] = GPU_MODEL
     return resources
@@ -296,6 +327,10 @@ def probe_grid():
             f"config key 'probe.steps': {out_of_range} out of range; this schedule makes "
             f"{table['unet_calls']} U-Net calls (steps 0..{table['unet_calls'] - 1})"
         )
+    try:
+        check_stored(CONFIG, layers, table["unet_calls"])
+    except ConfigError as error:
+        fail(error)
     return [layer.name for layer in chosen], sorted(steps)
 
 

@@ -23,6 +23,7 @@ IMAGE_STAGES.append(
             "generation": without(CONFIG["generation"], "device"),
             "device": untracked(CONFIG["generation"]["device"]),
             "controls": generation_controls(),
+            "store": store_params(),
             "prompt_encoding": CONFIG["prompts"]["encoding"],
         },
         model=model_input(CONFIG["models"]["diffusion"]),

@@ -26,12 +26,15 @@ rule probe:
     conda:
         "../envs/probes.yaml"
     threads: 1
+    resources:
+        **probe_resources(CONFIG["probe"]["device"]),
     params:
         # The VAE and latent controls come from the guided trajectory, not one CFG half.
         half=lambda wildcards: named(wildcards.source).half_for(
             CONFIG["probe"]["cfg_half"]
         ),
         settings=probe_settings(CONFIG),
+        device=untracked(CONFIG["probe"]["device"]),
     script:
         "../scripts/probe.py"
 

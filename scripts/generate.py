@@ -15,4 +15,5 @@ jobs.generate(
     ),
     controls=snakemake.params.controls,
     prompt_encoding=snakemake.params.prompt_encoding,
+    store=snakemake.params.store,
 )

@@ -10,4 +10,5 @@ jobs.probe(
     settings=snakemake.params.settings,
     weights_path=snakemake.output.weights,
     metrics_path=snakemake.output.metrics,
+    device=snakemake.params.device,
 )

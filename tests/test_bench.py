@@ -42,8 +42,11 @@ def test_writer_reports_a_failed_write(tmp_path, max_pending):
 def run_tiny(script: str, results_dir, *args: str) -> list[dict]:
     """Run ``bench/<script>.py --tiny`` in this process; its JSONL records."""
     importlib.import_module(script).main(["--tiny", "--results-dir", str(results_dir), *args])
-    (path,) = results_dir.glob("*.jsonl")
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for path in sorted(results_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
     for entry in records:
         assert entry["machine"]["label"] and len(entry["load"]) == 3
         assert entry["config"]["tiny"] is True
@@ -90,7 +93,28 @@ def test_probe_cell_times_training_against_reading(tmp_path):
     results = entry["results"]
     assert results["cell_fp16_bytes"] == 10 * 4 * 4 * 16 * 2
     assert results["train_s"] > 0 and all(seconds > 0 for seconds in results["read_s"])
+    assert all(seconds > 0 for seconds in results["products_s"])
+    assert results["floor_s"] == max(results["read_s"][0], results["products_s"][0])
     assert results["train_peak_rss_bytes"] > 0
+
+
+def test_store_bench_compares_the_store_settings_and_codecs(tmp_path):
+    """The demo's read store holds less than all of it; the 8-bit codecs are compared with
+    float16 on the same cells (tiny: one layer, one step, both tasks)."""
+    records = {r["bench"]: r for r in run_tiny("bench_store", tmp_path)}
+    assert records["store_set"]["results"]["ratio"] > 1
+    metrics = records["codec_metrics"]["results"]
+    assert metrics["bytes_per_image"] < metrics["baseline_bytes_per_image"]
+    cells = {(cell["task"], cell["metric"]) for cell in metrics["cells"]}
+    # Every metric the cell writes: each task's own, and the variants (depth's *_objects,
+    # *_residual) where the labels give them.
+    from ldmprobe.metrics import VARIANTS
+    from ldmprobe.tasks import TASKS
+
+    headline = {(task, metric) for task in ("saliency", "depth") for metric in TASKS[task].metrics}
+    variants = {f"{name}_{variant}" for variant, names in VARIANTS.items() for name in names}
+    assert headline <= cells
+    assert {metric for _task, metric in cells - headline} <= variants
 
 
 def test_dag_scale_dry_runs_the_whole_grid(tmp_path):
@@ -149,8 +173,10 @@ def test_report_renders_every_record_with_its_machine(tmp_path):
     assert "| layer (16) | 15 | 9,255 | 1,184,640 | **128x** |" in tables["unet_calls"]
     assert tables["unet_calls"].count("| M1 |") == 2
     assert tables["machines"] == f"- M1: {records[0]['machine']['label']}"
+    # A stale body no table can contain (tables hold words such as "hold").
+    stale = "<stale table body>"
     document = "intro\n" + "".join(
-        f"<!-- table:{name} -->\nold\n<!-- /table:{name} -->\n" for name in tables
+        f"<!-- table:{name} -->\n{stale}\n<!-- /table:{name} -->\n" for name in tables
     )
     filled = report.fill(document, tables)
-    assert "old" not in filled and tables["unet_calls"] in filled
+    assert stale not in filled and tables["unet_calls"] in filled

@@ -22,9 +22,11 @@ def test_shipped_configs_are_valid(name):
 
 def test_defaults_are_filled():
     config = demo()
-    del config["generation"]["codec"]
+    del config["generation"]["codec"], config["generation"]["store"], config["probe"]["device"]
     filled = validate_config(config)
-    assert filled["generation"]["codec"] == {"name": "blosc-zstd", "level": 3}
+    assert filled["generation"]["codec"] == {"name": "blosc-zstd", "level": 3, "quantise": "none"}
+    assert filled["generation"]["store"] == "read"
+    assert filled["probe"]["device"] == "cpu"
     assert filled["probe"]["defaults"]["epochs"] == 30
 
 

@@ -69,6 +69,7 @@ GENERATION = {
     "cfg_half": "cond",
     "previews": ["x0"],
     "codec": {"name": "zstd", "level": 1},
+    "start": {"kind": "noise"},
 }
 CONTROLS = {
     "permuted_unet": {"enabled": True, "seed": 3, "layers": ["up3.2", "mid.0"]},

@@ -49,9 +49,7 @@ def test_sd2_style_model_loads_with_v_prediction_and_its_layers_at_768(sd2, tmp_
     sides = [layer.height for layer in layers]
     assert sides == [96, 96, 48, 48, 24, 24, 12, 24, 24, 24, 48, 48, 48, 96, 96, 96]
     unet_config = json.loads((sd2 / "unet/config.json").read_text())
-    assert [(layer.height * layer.width, layer.channels) for layer in layers] == (
-        attention_layers(unet_config, 96, 96)
-    )
+    assert layers == attention_layers(unet_config, 96, 96)
     assert [x.name for x in select_layers(layers, ["up_blocks.3"])] == ["up3.0", "up3.1", "up3.2"]
 
     # The workflow's layer table goes through the same loading code.

@@ -43,8 +43,7 @@ def meta_unet(overrides: dict):
 def discovered(unet, latent_h, latent_w):
     from ldmprobe.layers import discover_layers
 
-    layers = discover_layers(SD, unet, latent_h, latent_w)
-    return [(layer.height * layer.width, layer.channels) for layer in layers]
+    return discover_layers(SD, unet, latent_h, latent_w)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,8 @@ def test_layers_from_config_match_the_model(overrides, count):
 def test_sd1_activation_bytes_match_the_reference_figures():
     """REFERENCE.md: 11,550,720 values per step per half at 512 px; 346.5 MB over 15 steps."""
     unet_config = dict(meta_unet(SD1).config)
-    assert sum(t * c for t, c in attention_layers(unet_config, 64, 64)) == 11_550_720
+    layers = attention_layers(unet_config, 64, 64)
+    assert sum(layer.height * layer.width * layer.channels for layer in layers) == 11_550_720
     generation = {"height": 512, "width": 512, "scheduler": "lms", "steps": 15}
     estimate = StableDiffusion().estimate(unet_config, 512, 512)
     one_half = image_footprint(estimate, {**generation, "cfg_half": "cond", "previews": ["x0"]})
@@ -141,6 +141,48 @@ def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tm
     assert 0.95 * footprint.labels_per_task < label.stat().st_size <= footprint.labels_per_task
 
 
+@pytest.mark.parametrize("quantise", ["none", "int8-token", "int8-channel"])
+def test_estimate_of_what_the_store_setting_keeps(demo_pipe, demo_models, tmp_path, quantise):
+    """generation.store: read with a partial grid, the controls and an 8-bit codec: the
+    estimate is the chunk bytes generate writes (codec name none), and the demo config's
+    estimate is what the probe grid and the controls read, far below every step."""
+    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.jobs import control_settings
+    from ldmprobe.reads import store_plan
+
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["generation"].update(
+        height=64, width=64, steps=4, codec={"name": "none", "quantise": quantise}
+    )
+    config["probe"].update(layers=["down*", "mid.0"], steps=[1, 3])
+    config["controls"]["permuted_unet"].update(layers=["up3.2"], steps=[0])
+    config["controls"]["vae"]["steps"] = [2]
+    config["models"]["diffusion"] = {"id": str(demo_models / "stable-diffusion")}
+    config = validate_config(config)
+    estimate = preflight.study_estimate(config)
+    assert preflight.vae_channels(config) == demo_pipe.vae.config.block_out_channels[-1]
+    arrays = preflight.stored_arrays(config, estimate, 4, preflight.vae_channels(config))
+    footprint = image_footprint(estimate, config["generation"], arrays)
+    everything = image_footprint(estimate, {**config["generation"], "codec": {}})
+    assert footprint.activations < everything.activations / 3
+
+    plan = {source: selection.to_dict() for source, selection in store_plan(config).items()}
+    settings = GenerationSettings(
+        height=64,
+        width=64,
+        steps=4,
+        preview_kinds=("x0",),
+        codec=config["generation"]["codec"],
+        store=plan,
+        **control_settings(config["controls"]),
+    )
+    paths = [tmp_path / name for name in ("image.png", "previews", "act.zarr", "meta.json")]
+    generate(demo_pipe, "a red car", 7, settings, *paths, {"model": "demo"})
+    store = tmp_path / "act.zarr"
+    chunks = [p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert sum(p.stat().st_size for p in chunks) == footprint.activations + footprint.latents
+
+
 @pytest.fixture
 def study(demo_models, tmp_path):
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -151,9 +193,11 @@ def study(demo_models, tmp_path):
     stores = [str(tmp_path / f"results/generation/p{i}/1/activations.zarr") for i in range(3)]
     labels = [str(tmp_path / f"results/labels/depth/p{i}/1.npz") for i in range(3)]
     unet_config = json.loads((demo_models / "stable-diffusion/unet/config.json").read_text())
-    footprint = image_footprint(
-        StableDiffusion().estimate(unet_config, 64, 64), config["generation"]
-    )
+    generation = config["generation"]
+    estimate = StableDiffusion().estimate(unet_config, 64, 64)
+    calls = unet_calls(generation["scheduler"], generation["steps"])
+    arrays = preflight.stored_arrays(config, estimate, calls, preflight.vae_channels(config))
+    footprint = image_footprint(estimate, generation, arrays)
     return config, stores, labels, footprint
 
 

@@ -6,7 +6,9 @@ from ldmprobe.probes import (
     Adam,
     ProbeSettings,
     ProbeTask,
+    SortedBlocks,
     evaluate,
+    loss_targets,
     pool_to_grid,
     probe_loss,
     train_probe,
@@ -111,9 +113,65 @@ def test_huber_at_label_resolution_matches_interpolated_reference():
         output.reshape(2, H, W, 1).permute(0, 3, 1, 2), scale_factor=K, mode="nearest"
     )[:, 0]
     reference = torch.nn.functional.huber_loss(upsampled, labels)
-    ours = probe_loss("continuous", ProbeSettings(), output, labels, H, W)
-    assert ProbeSettings().resolution("continuous") == "label"
+    ours = probe_loss("continuous", ProbeSettings(loss_resolution="label"), output, labels, H, W)
     assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.1, 1.0, 4.0])
+@pytest.mark.parametrize("labels_kind", ["normal", "ties", "offset"])
+def test_huber_at_the_token_grid_is_exact(delta, labels_kind):
+    """Sorted blocks + prefix sums + searchsorted: the same loss and gradient as Huber on the
+    nearest-upsampled prediction at the label resolution, for predictions inside, across and
+    outside each block's labels, labels with ties, and blocks far from zero."""
+    generator = torch.Generator().manual_seed(1)
+    n, k = 3, 8
+    labels = torch.randn(n, H * k, W * k, generator=generator) * 2
+    if labels_kind == "ties":  # 8-bit steps: many equal labels, some on the bounds
+        labels = (labels * 4).round() / 4
+    if labels_kind == "offset":
+        labels = labels + 50.0
+    output = (torch.randn(n, H * W, 1, generator=generator) * 3).requires_grad_()
+    if labels_kind == "offset":
+        output = (output.detach() + 50.0).requires_grad_()
+    settings = ProbeSettings(loss="huber", huber_delta=delta)
+    assert settings.resolution("continuous") == "native"
+    reference_settings = ProbeSettings(loss="huber", huber_delta=delta, loss_resolution="label")
+    sorted_blocks = loss_targets("continuous", settings, labels, 0.0, 1.0, H, W)
+    assert isinstance(sorted_blocks, SortedBlocks)
+    exact = probe_loss("continuous", settings, output, sorted_blocks, H, W)
+    reference = probe_loss("continuous", reference_settings, output, labels, H, W)
+    (exact_grad,) = torch.autograd.grad(exact, output)
+    (reference_grad,) = torch.autograd.grad(reference, output)
+    torch.testing.assert_close(exact, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(exact_grad, reference_grad, rtol=1e-4, atol=1e-8)
+    # Indexing by image keeps each image's blocks: the loss of a subset is the subset's.
+    subset = torch.tensor([2, 0])
+    part = probe_loss(
+        "continuous", settings, output[subset], sorted_blocks.index_select(0, subset), H, W
+    )
+    part_reference = probe_loss(
+        "continuous", reference_settings, output[subset], labels[subset], H, W
+    )
+    torch.testing.assert_close(part, part_reference, rtol=1e-5, atol=1e-6)
+
+
+def test_huber_training_at_the_token_grid_equals_the_label_resolution_one():
+    x, labels, _ = synthetic(12, seed=5)
+    labels = labels + torch.randn(labels.shape, generator=torch.Generator().manual_seed(0))
+    probes = {}
+    for resolution in ("native", "label"):
+        settings = ProbeSettings(epochs=5, lr=0.05, loss_resolution=resolution)
+        probes[resolution] = train_probe(
+            "continuous", settings, x[:8], labels[:8], x[8:], labels[8:], H, W
+        )
+    assert probes["native"].chosen_epoch == probes["label"].chosen_epoch
+    for native, label in zip(
+        probes["native"].probe.parameters(), probes["label"].probe.parameters(), strict=True
+    ):
+        torch.testing.assert_close(native, label, rtol=1e-4, atol=1e-5)
+    assert [r["val_loss"] for r in probes["native"].history] == pytest.approx(
+        [r["val_loss"] for r in probes["label"].history], rel=1e-5
+    )
 
 
 def test_checkpoint_selection_uses_validation_not_test():
@@ -158,7 +216,7 @@ def test_probes_trained_together_learn_what_each_learns_alone():
     train, val = slice(0, 20), slice(20, 25)
     tasks = {
         "saliency": ProbeSettings(epochs=6, lr=0.05),
-        "depth": ProbeSettings(epochs=6, lr=0.01),  # Huber at the label resolution
+        "depth": ProbeSettings(epochs=6, lr=0.01),  # Huber, exact at the token grid
         "shading": ProbeSettings(epochs=6, lr=0.05, loss="mse", target_scaling="none"),
         "slow": ProbeSettings(epochs=4, batch_images=3, loss="mse"),
     }
@@ -185,3 +243,42 @@ def test_probes_trained_together_learn_what_each_learns_alone():
         assert [r["val_loss"] for r in together[name].history] == pytest.approx(
             [r["val_loss"] for r in alone.history], rel=1e-5
         )
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="no CUDA device on this machine"
+            ),
+        ),
+    ],
+)
+def test_probes_train_where_the_activations_are(device):
+    """probe.device: the activations' device is where labels, probes, Adam and the losses
+    live. On CUDA the probes equal the CPU's within rtol 1e-4, atol 1e-5 (the order of
+    floating-point sums differs); the batches are drawn on the CPU, so they are the same."""
+    x, labels, _ = synthetic(16, seed=6)
+    masks = (labels > 0).float()
+    problems = {
+        "saliency": ProbeTask("binary", ProbeSettings(epochs=4, lr=0.05), masks[:10], masks[10:12]),
+        "depth": ProbeTask(
+            "continuous", ProbeSettings(epochs=4, lr=0.05), labels[:10], labels[10:12]
+        ),
+    }
+    on_cpu = train_probes(problems, x[:10], x[10:12], H, W)
+    on_device = train_probes(problems, x[:10].to(device), x[10:12].to(device), H, W)
+    for name, trained in on_device.items():
+        assert all(p.device.type == device for p in trained.probe.parameters())
+        assert trained.chosen_epoch == on_cpu[name].chosen_epoch
+        for mine, reference in zip(
+            trained.probe.parameters(), on_cpu[name].probe.parameters(), strict=True
+        ):
+            torch.testing.assert_close(mine.cpu(), reference, rtol=1e-4, atol=1e-5)
+        scores = evaluate(trained, x[12:].to(device), labels[12:].numpy(), H, W)
+        reference_scores = evaluate(on_cpu[name], x[12:], labels[12:].numpy(), H, W)
+        for mine, theirs in zip(scores, reference_scores, strict=True):
+            assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)

@@ -219,6 +219,17 @@ def test_probe_grid_errors_stop_before_any_probe(
     assert_stopped_before_any_job(result, fragments)
 
 
+def test_reading_an_unstored_step_stops_before_any_job(demo_models, tmp_path):
+    """An explicit generation.store that leaves out a probed step: found from the U-Net's
+    config before any job, naming both keys."""
+    store = {"layers": ["up3.*"], "steps": [0]}
+    config = study_config(tmp_path, demo_models, generation__store=store)
+    result = run_snakemake(tmp_path, config, "-n", TARGET, check=False)
+    assert_stopped_before_any_job(
+        result, [f"config key 'probe' reads steps [{STEPS - 1}]", "'generation.store'"]
+    )
+
+
 def test_disk_preflight_stops_and_can_be_overridden(demo_models, tmp_path):
     config = study_config(tmp_path, demo_models, preflight={"free_space_factor": 1e15})
     result = run_snakemake(tmp_path, config, "-n", TARGET, check=False)
@@ -309,7 +320,8 @@ def resume(workdir: Path, config: Path):
 @pytest.mark.parametrize(
     "point",
     [
-        "chunk-written:unet/cond/up3.2/2",  # some chunks in the temporary store, not all
+        # Some chunks in the temporary store, not all (it stores the probed steps 0 and 5).
+        "chunk-written:unet/cond/up3.2/0",
         "after-rename:*/activations.zarr",  # store complete and renamed, image and meta not
     ],
     ids=["store half written", "store renamed, job unfinished"],
@@ -322,7 +334,7 @@ def test_kill_during_generation(point, copy_of_reference, reference):
     kill_at(workdir, config, point)
     if point.startswith("chunk-written"):
         (tmp,) = image.glob(".activations.zarr.tmp-*")
-        assert list(tmp.glob("unet/cond/up3.2/c/2/*/*"))
+        assert list(tmp.glob("unet/cond/up3.2/c/0/*/*"))
         assert not list(tmp.glob("unet/cond/up3.2/c/5/*/*"))
         assert not (image / "activations.zarr").exists()
     else:

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from ldmprobe.io import atomic_directory, atomic_file
-from ldmprobe.storage import StoreError, create_store, open_store, read_chunk
+from ldmprobe.storage import (
+    ActivationWriter,
+    StoreError,
+    create_store,
+    open_store,
+    read_chunk,
+    write_chunk,
+)
 
 CODECS = [
     {"name": "none"},
@@ -23,6 +30,56 @@ def test_round_trip_per_step_chunks(tmp_path, codec):
         chunk = read_chunk(reopened, "unet/cond/up3.2", step, tmp_path / "s.zarr")
         assert np.array_equal(chunk, values[step])
     assert (tmp_path / "s.zarr" / "unet/cond/up3.2" / "c" / "2").exists()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "scale_shape"), [("int8-token", (3, 64, 1)), ("int8-channel", (3, 1, 32))]
+)
+def test_8bit_values_are_dequantised_on_read(tmp_path, scheme, scale_shape):
+    """8-bit values and their float16 scales beside them; read_chunk returns float16 within
+    half a quantisation step of the original, per token or per channel, outliers included."""
+    generator = np.random.default_rng(1)
+    values = generator.standard_normal((3, 64, 32)).astype(np.float16)
+    values[:, :, 5] *= 40  # an outlier channel, as in trained SD activations
+    values[:, 7, :] *= 40  # and an outlier token
+    values[1, 9, :] = 0  # an all-zero token
+    path = tmp_path / "s.zarr"
+    codec = {"name": "blosc-zstd", "level": 3, "quantise": scheme}
+    group = create_store(path, {"a": (values.shape, "float16"), "b": ((3, 2), "float32")}, codec)
+    for step in range(3):
+        write_chunk(group, "a", step, values[step])
+    assert group["a"].dtype == np.int8 and group["b"].dtype == np.float32
+    assert group["scales/a"].dtype == np.float16
+    assert group["scales/a"].shape == scale_shape
+    reopened = open_store(path)
+    axis = -1 if scheme == "int8-token" else 0
+    for step in range(3):
+        chunk = read_chunk(reopened, "a", step, path)
+        assert chunk.dtype == np.float16
+        original = values[step].astype(np.float32)
+        half_step = np.abs(original).max(axis=axis, keepdims=True) / 127 / 2
+        error = np.abs(chunk.astype(np.float32) - original)
+        # Half a step of 8 bits, plus float16's own rounding of the dequantised value.
+        assert np.all(error <= half_step + np.abs(original) * 2**-10 + 1e-6)
+    assert np.array_equal(read_chunk(reopened, "a", 1, path)[9], np.zeros(32, np.float16))
+
+
+def test_unstored_steps_are_not_written_and_say_so(tmp_path):
+    """generation.store: the writer drops the steps not stored, and reading one names the key."""
+    path = tmp_path / "s.zarr"
+    values = np.ones((4, 4, 2), np.float16)
+    group = create_store(path, {"a": (values.shape, "float16")}, {"name": "zstd"}, {"a": [1, 3]})
+    writer = ActivationWriter(group, max_pending=2, stored_steps={"a": [1, 3]})
+    for step in range(4):
+        writer.put("a", step, values[step])
+    writer.close()
+    assert sorted(p.name for p in (path / "a" / "c").iterdir()) == ["1", "3"]
+    reopened = open_store(path)
+    assert np.array_equal(read_chunk(reopened, "a", 3, path), values[3])
+    with pytest.raises(
+        StoreError, match=r"does not hold step 2 .*stores steps \[1, 3\].*generation.store"
+    ):
+        read_chunk(reopened, "a", 2, path)
 
 
 def make_store(path):
@@ -90,6 +147,7 @@ def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
     import pandas as pd
 
     from ldmprobe.io import write_csv
+    from ldmprobe.provenance import VERSION_KEY, package_version
 
     frame = pd.DataFrame({"layer": ["up3.2", "mid.0"], "dice": [0.5, 1 / 3]})
     write_csv(tmp_path / "a.csv.gz", frame)
@@ -97,4 +155,8 @@ def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
     write_csv(tmp_path / "b.csv.gz", frame)
     assert (tmp_path / "a.csv.gz").read_bytes() == (tmp_path / "b.csv.gz").read_bytes()
     assert (tmp_path / "a.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv.gz"), frame)
+    # The table, then the version column write_csv stamps on every table it writes.
+    read = pd.read_csv(tmp_path / "a.csv.gz", dtype={VERSION_KEY: str})
+    assert list(read.columns) == [*frame.columns, VERSION_KEY]
+    assert set(read[VERSION_KEY]) == {package_version()}
+    pd.testing.assert_frame_equal(read.drop(columns=VERSION_KEY), frame)

@@ -30,6 +30,17 @@ def test_outputs_of_every_stage(study):
     assert meta["unet_calls"] == 15 and len(meta["layers"]) == 16
     store = zarr.open_group(str(results / "generation/lemon/101/activations.zarr"), mode="r")
     assert store["unet/cond/up3.2"].shape == (15, 64, 32)  # 8x8 tokens at 64 px
+    # generation.store: read (the default): only the probed layers, at the probed steps.
+    assert store["unet/cond/up3.2"].attrs["stored_steps"] == [0, 14]
+    assert sorted(p.name for p in (Path(store.store.root) / "unet/cond/up3.2/c").iterdir()) == [
+        "0",
+        "14",
+    ]
+    assert sorted(name for name, _ in store["unet/cond"].members()) == [
+        "down0.0",
+        "down2.1",
+        "up3.2",
+    ]
     summary = pd.read_csv(results / "tables/metrics.csv")
     assert list(summary.columns) == [
         "model", "source", "task", "block", "layer", "layer_order", "step", "metric",
@@ -96,6 +107,15 @@ def test_probe_hyperparameter_reruns_only_downstream_of_probes(study):
     downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
     assert set(counts) == {"probe", *downstream}
     assert counts["probe"] == 16  # 6 U-Net cells, 4 permuted, 2 VAE, 2 latent, 2 position
+
+
+def test_what_is_read_is_what_generation_stores(study):
+    """With generation.store: read, a new probed step is a change of what generation writes."""
+    workdir, _ = study
+    changed = tiny_config(workdir, probe__steps=[0, 7, 14])
+    counts = jobs_to_run(run_snakemake(workdir, changed, "-n"))
+    assert counts["generate"] >= 1 and counts["probe"] > 14
+    tiny_config(workdir)  # restore for the other tests
 
 
 @pytest.mark.parametrize("rewrite", sorted(REWRITES))

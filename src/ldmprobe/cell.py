@@ -72,18 +72,25 @@ def run_cell(
     tasks: dict[str, ProbeSettings],
     weights_path: Path,
     metrics_path: Path,
+    device: str = "cpu",
 ) -> pd.DataFrame:
+    """Train every task's probe on the cell on ``device`` (a torch device name): the cell's
+    activations go there once, and the probes train and score there."""
     split = manifest["split"].to_numpy()
     parts = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ValueError("the probe needs at least one train and one test image; check the splits")
-    # Training reads every train image once per epoch: convert it to float32 once, while
-    # reading; validation and test stay as stored and are converted a few images at a time.
+    # Training reads every train image once per epoch: convert it to float32 once (on the CPU
+    # while reading, on a GPU after the copy, which then moves half the bytes); validation
+    # and test stay as stored and are converted a few images at a time.
     activations, grid = {}, None
     for part, part_rows in parts.items():
         if len(part_rows):
-            dtype = torch.float32 if part == "train" else None
-            activations[part], grid = load_activations(manifest, cell, part_rows, dtype)
+            train = part == "train"
+            dtype = torch.float32 if train and device == "cpu" else None
+            values, grid = load_activations(manifest, cell, part_rows, dtype)
+            values = values.to(device)
+            activations[part] = values.float() if train else values
     activations.setdefault("val", activations["test"][:0])
     height, width = grid
 

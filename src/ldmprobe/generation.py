@@ -20,6 +20,7 @@ from .backbones import backbone_of
 from .io import atomic_directory, atomic_file, write_json
 from .layers import Layer, discover_layers, select_layers
 from .provenance import VERSION_KEY, package_version, png_info
+from .reads import Selection
 from .sources import DENOISER, GUIDED, PERMUTED, VAE
 from .storage import ActivationWriter, array_path, create_store
 from .trace import Point, Trace
@@ -47,6 +48,23 @@ class GenerationSettings:
     # Where x_T comes from: None for Gaussian noise from the seed; the known-answer world's
     # route (b) gives {"kind": "world-inversion", "data_seed": n} (``world/inversion.py``).
     start: dict | None = None
+    # What is written (``reads.store_plan`` as plain dicts): per source role (``sources.py``),
+    # its layers and steps. None: every layer at every step.
+    store: dict | None = None
+
+
+def stored_cells(
+    settings: GenerationSettings, role: str, layers: list, n_calls: int
+) -> tuple[list, list[int]]:
+    """Which of a source's ``layers`` generation traces, and at which steps the writer keeps
+    them (``ActivationWriter`` drops the others): the one place ``generation.store`` acts."""
+    if settings.store is None:
+        return layers, list(range(n_calls))
+    if role not in settings.store:
+        return [], []
+    selection = Selection.from_dict(settings.store[role])
+    names = set(selection.resolve_layers(layers))
+    return [layer for layer in layers if layer.name in names], selection.resolve_steps(n_calls)
 
 
 def initial_noise(seed: int, latent_shape: tuple[int, int, int]):
@@ -235,27 +253,34 @@ def generate(
     if "uncond" in settings.halves and "uncond" not in held:
         reason = backbone.no_uncond_reason(settings.guidance_scale)
         raise ValueError(f"generation.cfg_half includes 'uncond', but {reason}")
+    traced, traced_steps = stored_cells(settings, DENOISER.role, layers, n_calls)
     arrays = {
         array_path(DENOISER.name(backbone.kind), half, layer.name): (
             (n_calls, layer.height * layer.width, layer.channels),
             settings.activation_dtype,
         )
         for half in settings.halves
-        for layer in layers
+        for layer in traced
     }
+    steps_of = dict.fromkeys(arrays, traced_steps)
     permuted_layers = []
     if settings.permuted_layers is not None:
-        permuted_layers = select_layers(layers, list(settings.permuted_layers))
-        arrays.update(
-            {
-                array_path(PERMUTED.name(backbone.kind), half, layer.name): (
-                    (n_calls, layer.height * layer.width, layer.channels),
-                    settings.activation_dtype,
-                )
-                for half in settings.halves
-                for layer in permuted_layers
-            }
+        permuted_layers, permuted_steps = stored_cells(
+            settings,
+            PERMUTED.role,
+            select_layers(layers, list(settings.permuted_layers)),
+            n_calls,
         )
+        permuted_arrays = {
+            array_path(PERMUTED.name(backbone.kind), half, layer.name): (
+                (n_calls, layer.height * layer.width, layer.channels),
+                settings.activation_dtype,
+            )
+            for half in settings.halves
+            for layer in permuted_layers
+        }
+        arrays.update(permuted_arrays)
+        steps_of.update(dict.fromkeys(permuted_arrays, permuted_steps))
     control_layers = {}
     if settings.vae_latent is not None:
         channels = backbone.vae_channels(pipe.vae)
@@ -267,10 +292,9 @@ def generate(
                 "channels": channels,
             }
         ]
-        arrays[array_path(VAE.name(backbone.kind), GUIDED, VAE.layer["name"])] = (
-            (n_calls, latent_h * latent_w, channels),
-            settings.activation_dtype,
-        )
+        vae_path = array_path(VAE.name(backbone.kind), GUIDED, VAE.layer["name"])
+        arrays[vae_path] = ((n_calls, latent_h * latent_w, channels), settings.activation_dtype)
+        steps_of[vae_path] = stored_cells(settings, VAE.role, [], n_calls)[1]
     arrays["latents/xt"] = ((n_calls, *latent_shape), "float32")
     arrays["latents/x0"] = ((n_calls, *latent_shape), "float32")
 
@@ -279,13 +303,13 @@ def generate(
     log.info("generating seed %d, %d U-Net calls, %d layers", seed, n_calls, len(layers))
 
     with atomic_directory(store_path) as tmp_store:
-        group = create_store(tmp_store, arrays, settings.codec)
-        writer = ActivationWriter(group, settings.write_queue)
+        group = create_store(tmp_store, arrays, settings.codec, steps_of)
+        writer = ActivationWriter(group, settings.write_queue, steps_of)
         try:
             calls = DenoiserCalls(
                 backbone, pipe.scheduler, settings.guidance_scale, latent_shape, n_calls
             )
-            points = [backbone.point(layer.name, layer.module_path) for layer in layers]
+            points = [backbone.point(layer.name, layer.module_path) for layer in traced]
             with (
                 Trace(
                     denoiser,

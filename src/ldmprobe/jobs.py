@@ -105,6 +105,7 @@ def generate(
     capture_activations: bool = True,
     controls: dict | None = None,
     prompt_encoding: str | None = None,
+    store: dict | None = None,
 ) -> None:
     """``images``: one dict per image with its ``prompt``, ``seed`` and output paths ``image``,
     ``previews``, ``store`` and ``meta``; the pipeline is loaded once for all of them.
@@ -112,7 +113,8 @@ def generate(
     ``capture_activations=False`` keeps only the latents in ``store`` (for unprobed images).
     ``controls``: the enabled parts of the ``controls`` config section, the permuted U-Net's
     layers resolved (null stands for ``probe.layers``). ``prompt_encoding`` (how the prompt
-    table was decoded) goes into the image's metadata.
+    table was decoded) goes into the image's metadata. ``store``: per source role, the layers and
+    steps to write (``reads.store_plan`` as dicts); None writes every layer at every step.
     """
     from .backbones import get_backbone
     from .generation import GenerationSettings, permuted_denoiser
@@ -142,6 +144,7 @@ def generate(
         preview_kinds=tuple(generation["previews"]),
         codec=generation["codec"],
         start=None if generation["start"]["kind"] == "noise" else generation["start"],
+        store=store,
         **control_settings(controls or {}),
     )
     permuted = None
@@ -257,14 +260,26 @@ def probe(
     settings: dict[str, dict],
     weights_path: str,
     metrics_path: str,
+    device: str = "cpu",
 ) -> None:
+    """One probe cell; ``device``: ``probe.device`` of the config (auto, cpu or cuda)."""
     from .cell import Cell, run_cell
     from .dataset import read_manifest
+    from .models import resolve_device
     from .probes import ProbeSettings
 
     tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
     cell = Cell(source=source, half=half, layer=layer, step=step)
-    run_cell(read_manifest(manifest_path), cell, tasks, Path(weights_path), Path(metrics_path))
+    device = resolve_device(device)
+    log.info("probe cell %s on %s", cell, device)
+    run_cell(
+        read_manifest(manifest_path),
+        cell,
+        tasks,
+        Path(weights_path),
+        Path(metrics_path),
+        device,
+    )
 
 
 def aggregate(

@@ -1,12 +1,20 @@
 """Linear probes: one per-token linear map per (layer, step) and task.
 
 The probe's logits live on the layer's token grid (h x w). The reference upsamples them
-(nearest) to the label resolution (H x W = k*h x k*w) before the loss. For cross-entropy and
-squared error that equals a loss at the native grid against the k x k average-pooled label, up
-to a constant factor and an additive constant (each token's logits are shared by its k x k
-pixels), so ``loss_resolution: native`` is exact there and k^2 times cheaper. Huber is not
-separable that way; ``loss_resolution: label`` computes the reference's loss exactly by
-broadcasting each token over its pixel block (no interpolation needed).
+(nearest) to the label resolution (H x W = k*h x k*w) before the loss, so each token's one
+output meets the k x k labels of its pixel block. Every loss here is computed exactly at the
+token grid (``loss_resolution: native``, the default):
+
+* cross-entropy and squared error against the block's mean label: the same gradients as the
+  reference (squared error differs by a constant, the labels' within-block variance);
+* Huber against the block's labels, sorted once per cell with prefix sums of the values and
+  their squares (``SortedBlocks``): Huber over a block is a piecewise function of the token's
+  one prediction (linear below and above ``delta``, quadratic between), so two
+  ``searchsorted`` calls and prefix-sum differences give the block's exact loss, and autograd
+  its exact gradient, in O(log k^2) per token instead of O(k^2).
+
+``loss_resolution: label`` computes the reference's loss by broadcasting each token over its
+pixel block (the definition the exact forms are tested against).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +40,7 @@ class ProbeSettings:
     seed: int = 0
     loss: str = "auto"  # auto: cross-entropy (binary), huber (continuous); or "mse"
     huber_delta: float = 1.0
-    loss_resolution: str = "auto"  # auto: native where exact (CE, MSE), label for Huber
+    loss_resolution: str = "auto"  # auto: native (exact for every loss); "label": reference
     target_scaling: str = "train"  # "train" (train-set mean/std), "fixed" or "none"
     target_mean: float = 0.0
     target_std: float = 1.0
@@ -43,9 +51,7 @@ class ProbeSettings:
         return "cross_entropy" if kind == "binary" else "huber"
 
     def resolution(self, kind: str) -> str:
-        if self.loss_resolution != "auto":
-            return self.loss_resolution
-        return "label" if self.loss_name(kind) == "huber" else "native"
+        return "native" if self.loss_resolution == "auto" else self.loss_resolution
 
 
 def pool_to_grid(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -60,6 +66,94 @@ def blocks(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """View labels [n, H, W] as [n, h, k, w, k] so a [n, h, 1, w, 1] prediction broadcasts."""
     n, big_h, big_w = labels.shape
     return labels.reshape(n, height, big_h // height, width, big_w // width)
+
+
+@dataclass(frozen=True)
+class SortedBlocks:
+    """Each token's k x k label block for the exact Huber loss at the token grid: the block's
+    mean, its values less the mean sorted ascending, and prefix sums of those values and of
+    their squares (a leading zero each). Centring keeps the prefix-sum differences accurate in
+    float32. Indexable along images like the label tensor it replaces; indexing only records
+    which images (``images``), so a batch copies nothing."""
+
+    mean: torch.Tensor  # [n, h*w]
+    values: torch.Tensor  # [n, h*w, k*k]
+    sums: torch.Tensor  # [n, h*w, k*k + 1]
+    squares: torch.Tensor  # [n, h*w, k*k + 1]
+    images: torch.Tensor | None = None  # the selected images, in order; None: all
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, height: int, width: int, chunk: int = 16):
+        """From labels [n, H, W], a few images at a time to bound the transient memory."""
+        parts = []
+        for start in range(0, max(labels.shape[0], 1), chunk):
+            part = blocks(labels[start : start + chunk], height, width)
+            n, k = part.shape[0], part.shape[2]
+            values = part.permute(0, 1, 3, 2, 4).reshape(n, height * width, k * k)
+            mean = values.mean(-1)
+            values = (values - mean[..., None]).sort(-1).values
+            zero = values.new_zeros((n, height * width, 1))
+            sums = torch.cat([zero, values.cumsum(-1)], -1)
+            squares = torch.cat([zero, (values * values).cumsum(-1)], -1)
+            parts.append((mean, values, sums, squares))
+        return cls(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
+
+    def selected(self) -> torch.Tensor:
+        if self.images is not None:
+            return self.images
+        return torch.arange(self.mean.shape[0], device=self.mean.device)
+
+    def index_select(self, dim: int, index: torch.Tensor) -> SortedBlocks:
+        if dim != 0:
+            raise ValueError("SortedBlocks are indexed along images (dim 0) only")
+        return replace(self, images=self.selected().index_select(0, index.to(self.mean.device)))
+
+    def __getitem__(self, part: slice) -> SortedBlocks:
+        return replace(self, images=self.selected()[part])
+
+    def __len__(self) -> int:
+        return len(self.selected())
+
+    def to(self, device) -> SortedBlocks:
+        moved = [t.to(device) for t in (self.mean, self.values, self.sums, self.squares)]
+        images = None if self.images is None else self.images.to(device)
+        return SortedBlocks(*moved, images=images)
+
+
+def block_huber(prediction: torch.Tensor, target: SortedBlocks, delta: float) -> torch.Tensor:
+    """Mean Huber loss of each token's prediction [n, h*w] against every label of its block:
+    equal to the loss of the nearest-upsampled prediction at the label resolution. One image
+    at a time, on views of the per-cell tensors (no copy of the selected blocks)."""
+    size = target.values.shape[-1]
+    total = prediction.new_zeros(())
+    for position, image in enumerate(target.selected().tolist()):
+        total = total + _block_huber_sum(
+            prediction[position] - target.mean[image],
+            target.values[image],
+            target.sums[image],
+            target.squares[image],
+            delta,
+        )
+    return total / (prediction.numel() * size)
+
+
+def _block_huber_sum(centred, values, sums, squares, delta: float) -> torch.Tensor:
+    """Summed Huber loss of one image's tokens (predictions less their block's mean)."""
+    size = values.shape[-1]
+    # Labels below centred - delta (residual > delta: linear), above centred + delta (linear),
+    # between (quadratic). A label exactly on a bound costs the same either way.
+    bounds = torch.stack([centred - delta, centred + delta], -1).detach().contiguous()
+    index = torch.searchsorted(values, bounds)
+    at = sums.gather(-1, index)
+    squared = squares.gather(-1, index)
+    low, high = index[..., 0].to(centred.dtype), index[..., 1].to(centred.dtype)
+    below = delta * (low * centred - at[..., 0]) - 0.5 * delta**2 * low
+    above_count = size - high
+    above = delta * (sums[..., -1] - at[..., 1] - above_count * centred)
+    above = above - 0.5 * delta**2 * above_count
+    between = (high - low) * centred * centred - 2 * centred * (at[..., 1] - at[..., 0])
+    between = 0.5 * (between + squared[..., 1] - squared[..., 0])
+    return (below + above + between).sum()
 
 
 class Adam:
@@ -112,22 +206,21 @@ def probe_loss(
     kind: str,
     settings: ProbeSettings,
     output: torch.Tensor,  # [n, h*w, outputs]
-    target: torch.Tensor,  # native: [n, h, w]; label: [n, H, W]
+    target,  # native: [n, h, w], or SortedBlocks for Huber; label: [n, H, W]
     height: int,
     width: int,
 ) -> torch.Tensor:
     n = output.shape[0]
     name = settings.loss_name(kind)
     if settings.resolution(kind) == "native":
+        if name == "huber":
+            return block_huber(output[..., 0], target, settings.huber_delta)
         grid = output.reshape(n, height, width, -1)
         if name == "cross_entropy":
             log_probs = torch.log_softmax(grid, dim=-1)
             soft = torch.stack([1 - target, target], dim=-1)
             return -(soft * log_probs).sum(-1).mean()
-        prediction = grid[..., 0]
-        if name == "mse":
-            return torch.nn.functional.mse_loss(prediction, target)
-        return torch.nn.functional.huber_loss(prediction, target, delta=settings.huber_delta)
+        return torch.nn.functional.mse_loss(grid[..., 0], target)
     grid = output.reshape(n, height, 1, width, 1, -1)
     target_blocks = blocks(target, height, width)
     if name == "cross_entropy":
@@ -169,6 +262,25 @@ class ProbeTask:
     val_labels: torch.Tensor
 
 
+def loss_targets(
+    kind: str,
+    settings: ProbeSettings,
+    labels: torch.Tensor,
+    mean: float,
+    std: float,
+    height: int,
+    width: int,
+):
+    """What ``probe_loss`` compares with, from labels [n, H, W]: scaled, then pooled to the
+    grid (cross-entropy, squared error), sorted per block (Huber) or kept (label resolution)."""
+    scaled = (labels - mean) / std
+    if settings.resolution(kind) == "label":
+        return scaled
+    if settings.loss_name(kind) == "huber":
+        return SortedBlocks.of(scaled, height, width)
+    return pool_to_grid(scaled, height, width)
+
+
 def train_probe(
     kind: str,
     settings: ProbeSettings,
@@ -190,7 +302,8 @@ def train_probes(
     height: int,
     width: int,
 ) -> dict[str, TrainedProbe]:
-    """Every task's probe on one cell. Tasks with the same schedule (epochs, batch_images,
+    """Every task's probe on one cell, on the device the activations are on (labels and
+    probes follow them there). Tasks with the same schedule (epochs, batch_images,
     seed) train together: each batch is read once and goes through all their heads in one
     matrix product, as training is bound by reading the activations. Each head keeps its own
     initialisation, loss, learning rate, optimiser and checkpoint choice, so it learns what it
@@ -235,17 +348,18 @@ def _train_together(
     tasks: dict[str, ProbeTask], train_x, val_x, height: int, width: int
 ) -> dict[str, TrainedProbe]:
     schedule = next(iter(tasks.values())).settings
+    device = train_x.device
     heads = []
     for task in tasks.values():
         torch.manual_seed(task.settings.seed)
         mean, std = scaling_for(task.kind, task.settings, task.train_labels)
-        native = task.settings.resolution(task.kind) == "native"
 
-        def prepare(labels, mean=mean, std=std, native=native):
-            scaled = (labels - mean) / std
-            return pool_to_grid(scaled, height, width) if native else scaled
+        def prepare(labels, task=task, mean=mean, std=std):
+            return loss_targets(task.kind, task.settings, labels, mean, std, height, width).to(
+                device
+            )
 
-        probe = LinearProbe(train_x.shape[-1], task.kind)
+        probe = LinearProbe(train_x.shape[-1], task.kind).to(device)
         heads.append(
             _Head(
                 task=task,
@@ -261,8 +375,9 @@ def _train_together(
         )
     generator = torch.Generator().manual_seed(schedule.seed)
     for epoch in range(schedule.epochs):
-        order = torch.randperm(train_x.shape[0], generator=generator)
-        totals = [0.0] * len(heads)
+        # The order is drawn on the CPU, so every device trains on the same batches.
+        order = torch.randperm(train_x.shape[0], generator=generator).to(device)
+        totals = torch.zeros(len(heads), dtype=torch.float64, device=device)
         for start in range(0, len(order), schedule.batch_images):
             # index_select: advanced indexing is several times slower in this torch build.
             index = order[start : start + schedule.batch_images]
@@ -281,10 +396,13 @@ def _train_together(
             for head in heads:
                 head.optimiser.zero_grad()
             # The heads share no parameters: the sum's gradient is each loss's own.
-            torch.stack(losses).sum().backward()
-            for number, (head, loss) in enumerate(zip(heads, losses, strict=True)):
+            stacked = torch.stack(losses)
+            stacked.sum().backward()
+            for head in heads:
                 head.optimiser.step()
-                totals[number] += loss.item() * len(index)
+            # Summed on the device: no synchronisation per batch.
+            totals += stacked.detach() * len(index)
+        totals = totals.tolist()
         val_losses = _validation_losses(heads, val_x, height, width)
         for number, head in enumerate(heads):
             record = {"epoch": epoch, "train_loss": totals[number] / max(len(order), 1)}
@@ -320,7 +438,7 @@ def _validation_losses(heads: list[_Head], x, height: int, width: int, chunk: in
     memory; None without validation images."""
     if not len(x):
         return None
-    totals = [0.0] * len(heads)
+    totals = torch.zeros(len(heads), dtype=torch.float64, device=x.device)
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk].float()
@@ -330,8 +448,8 @@ def _validation_losses(heads: list[_Head], x, height: int, width: int, chunk: in
                 loss = probe_loss(
                     head.task.kind, head.task.settings, output, targets, height, width
                 )
-                totals[number] += float(loss) * part.shape[0]
-    return [total / x.shape[0] for total in totals]
+                totals[number] += loss * part.shape[0]
+    return [total / x.shape[0] for total in totals.tolist()]
 
 
 def predict_maps(trained: TrainedProbe, x: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -340,8 +458,8 @@ def predict_maps(trained: TrainedProbe, x: torch.Tensor, height: int, width: int
         output = torch.cat([trained.probe(part.float()) for part in x.split(16)])
         output = output.reshape(x.shape[0], height, width, -1)
     if trained.probe.kind == "binary":
-        return (output.argmax(-1) == 1).numpy()
-    return (output[..., 0] * trained.target_std + trained.target_mean).numpy()
+        return (output.argmax(-1) == 1).cpu().numpy()
+    return (output[..., 0] * trained.target_std + trained.target_mean).cpu().numpy()
 
 
 def evaluate(
@@ -380,4 +498,4 @@ def evaluate(
 
 
 def state_tensors(trained: TrainedProbe, task: str) -> dict[str, torch.Tensor]:
-    return {f"{task}.{name}": value for name, value in trained.probe.state_dict().items()}
+    return {f"{task}.{name}": value.cpu() for name, value in trained.probe.state_dict().items()}

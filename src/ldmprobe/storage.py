@@ -1,9 +1,16 @@
 """The per-image activation store: Zarr v3, one array per (source, CFG half, layer).
 
-Arrays are shaped [steps, tokens, channels] in float16 and chunked one step per chunk, so a
-probe cell (layer, step) reads exactly one chunk from each image's store. Each store has one
-writer, the generation job of its image, which writes it under a temporary name and renames it
-when complete.
+Arrays are shaped [steps, tokens, channels] and chunked one step per chunk, so a probe cell
+(layer, step) reads exactly one chunk from each image's store. Each store has one writer, the
+generation job of its image, which writes it under a temporary name and renames it when
+complete. Steps that the study does not read (``generation.store``) are never written: their
+chunks are absent, and the array's ``stored_steps`` attribute lists the ones that are there.
+
+Activations are float16, or 8-bit with ``generation.codec.quantise`` (``int8-token``: one
+scale per token, ``int8-channel``: one per channel, each the absolute maximum / 127, symmetric):
+the int8 values under the array's own path, the float16 scales beside them under
+``scales/<path>``, chunked per step alike. ``write_chunk`` quantises and ``read_chunk``
+dequantises (to float16): the only two places that know.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import numpy as np
 
 from .io import pause_point, rerun_advice
 
+# generation.codec.quantise: the axis over which one scale is shared (tokens, channels).
+QUANTISERS = {"none": None, "int8-token": -1, "int8-channel": 0}
+INT8_MAX = 127
+
 
 class StoreError(RuntimeError):
     """An activation store is missing or unreadable; the message says how to heal it."""
@@ -25,8 +36,31 @@ def array_path(source: str, half: str, layer: str) -> str:
     return f"{source}/{half}/{layer}"
 
 
-def make_codecs(codec: dict) -> dict:
-    """Zarr v3 codec arguments for ``storage.codec`` of the config."""
+def scales_path(path: str) -> str:
+    return f"scales/{path}"
+
+
+def quantise(values: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """[tokens, channels] -> int8 values and float16 scales ([tokens, 1] or [1, channels]).
+
+    The scales are float16 (their 11-bit precision is far finer than an 8-bit step) and the
+    values are rounded against the stored, rounded scale."""
+    axis = QUANTISERS[scheme]
+    values = values.astype(np.float32)
+    scale = (np.abs(values).max(axis=axis, keepdims=True) / INT8_MAX).astype(np.float16)
+    # An all-zero token or channel: any scale reproduces it; 1 avoids dividing by zero.
+    scale[scale == 0] = 1.0
+    quantised = np.rint(values / scale.astype(np.float32))
+    return np.clip(quantised, -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+def dequantise(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (values.astype(np.float32) * scale.astype(np.float32)).astype(np.float16)
+
+
+def make_codecs(codec: dict, typesize: int = 2) -> dict:
+    """Zarr v3 codec arguments for ``generation.codec`` of the config (name and level), for
+    elements of ``typesize`` bytes."""
     from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
     name = codec.get("name", "blosc-zstd")
@@ -42,7 +76,7 @@ def make_codecs(codec: dict) -> dict:
                     cname=name.removeprefix("blosc-"),
                     clevel=level,
                     shuffle=BloscShuffle.bitshuffle,
-                    typesize=2,
+                    typesize=typesize,
                 )
             ]
         }
@@ -52,13 +86,16 @@ def make_codecs(codec: dict) -> dict:
 class ActivationWriter:
     """Writes activation chunks from a background thread so the GPU keeps denoising.
 
-    ``put`` queues the array and returns; ``close`` waits for every write and re-raises the
-    first error a write hit. ``max_pending=0`` writes synchronously inside ``put`` (the
-    baseline that ``bench/bench_dump.py`` compares the thread against).
+    ``put`` queues the array (or drops it: a step not stored) and returns; ``close`` waits
+    for every write and re-raises the first error a write hit. ``max_pending=0`` writes
+    synchronously inside ``put`` (the baseline that ``bench/bench_dump.py`` compares the
+    thread against).
     """
 
-    def __init__(self, group, max_pending: int = 64):
+    def __init__(self, group, max_pending: int = 64, stored_steps: dict | None = None):
         self._group = group
+        # Per array path, the steps written (``generation.store``); other steps are dropped.
+        self._stored = {path: set(steps) for path, steps in (stored_steps or {}).items()}
         self._error: BaseException | None = None
         self._thread = None
         if max_pending > 0:
@@ -79,13 +116,15 @@ class ActivationWriter:
                     self._error = error
 
     def _write(self, path: str, step: int, values: np.ndarray) -> None:
-        self._group[path][step] = values
+        write_chunk(self._group, path, step, values)
         # The crash tests' kill point for a store that holds some chunks but not all.
         pause_point("chunk-written", f"{path}/{step}")
 
     def put(self, path: str, step: int, values: np.ndarray) -> None:
         if self._error is not None:
             raise self._error
+        if path in self._stored and step not in self._stored[path]:
+            return
         if self._thread is None:
             self._write(path, step, values)
             return
@@ -100,15 +139,73 @@ class ActivationWriter:
             raise self._error
 
 
-def create_store(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], codec: dict):
-    """Create a store with ``arrays`` ({path: (shape, dtype)}), chunked per leading index."""
+def create_store(
+    path: Path,
+    arrays: dict[str, tuple[tuple[int, ...], str]],
+    codec: dict,
+    stored_steps: dict[str, list[int]] | None = None,
+):
+    """Create a store with ``arrays`` ({path: (shape, dtype)}), chunked per leading index.
+    ``stored_steps``: per array path, the steps that will be written (recorded in the array's
+    ``stored_steps`` attribute; absent: all).
+
+    The float16 arrays (the activations) are stored as 8-bit values with their scales when
+    ``codec`` asks for it (``quantise``); other dtypes (the latents) are stored as they are.
+    """
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
-    codecs = make_codecs(codec)
+    scheme = codec.get("quantise", "none")
+    stored_steps = stored_steps or {}
     for name, (shape, dtype) in arrays.items():
-        group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **codecs)
+        chunks = (1, *shape[1:])
+        attributes = {}
+        if name in stored_steps:
+            attributes["stored_steps"] = [int(step) for step in stored_steps[name]]
+        if dtype != "float16" or QUANTISERS[scheme] is None:
+            typesize = np.dtype(dtype).itemsize
+            group.create_array(
+                name,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                attributes=attributes,
+                **make_codecs(codec, typesize),
+            )
+            continue
+        attributes["quantise"] = scheme
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="int8",
+            attributes=attributes,
+            **make_codecs(codec, 1),
+        )
+        # Per step, the shape of quantise()'s scales for a [tokens, channels] chunk.
+        step_shape = list(shape[1:])
+        step_shape[QUANTISERS[scheme]] = 1
+        scale_shape = (shape[0], *step_shape)
+        group.create_array(
+            scales_path(name),
+            shape=tuple(scale_shape),
+            chunks=(1, *scale_shape[1:]),
+            dtype="float16",
+            **make_codecs(codec, 2),
+        )
     return group
+
+
+def write_chunk(group, path: str, step: int, values: np.ndarray) -> None:
+    """One step of one array, quantised if the array is 8-bit."""
+    array = group[path]
+    scheme = array.attrs.get("quantise")
+    if scheme is None:
+        array[step] = values
+        return
+    quantised, scale = quantise(values, scheme)
+    group[scales_path(path)][step] = scale
+    array[step] = quantised
 
 
 def open_store(path: str | Path, producer: str = "generate"):
@@ -137,10 +234,13 @@ def read_chunk(
     except KeyError as error:
         raise StoreError(
             f"activation store {store_path} has no array {path!r} (made with another "
-            f"configuration?); {rerun_advice(store_path, producer)}"
+            f"configuration, or a layer that config key 'generation.store' leaves out?); "
+            f"{rerun_advice(store_path, producer)}"
         ) from error
     try:
         values = array[step]
+        scheme = array.attrs.get("quantise")
+        scale = None if scheme is None else group[scales_path(path)][step]
     except Exception as error:
         raise StoreError(
             f"activation store {store_path} is corrupt: cannot read {path!r} step {step} "
@@ -151,9 +251,16 @@ def read_chunk(
     chunk_absent = not np.any(values) and not any(
         entry.is_file() for entry in Path(store_path, path, "c", str(step)).rglob("*")
     )
+    stored = array.attrs.get("stored_steps")
+    if chunk_absent and stored is not None and step not in stored:
+        raise StoreError(
+            f"activation store {store_path} does not hold step {step} of {path!r}: it stores "
+            f"steps {stored} of it (config key 'generation.store'); set generation.store to "
+            "hold it (this reruns generation)"
+        )
     if chunk_absent:
         raise StoreError(
             f"activation store {store_path} is incomplete: chunk {step} of {path!r} is missing; "
             f"{rerun_advice(store_path, producer)}"
         )
-    return values
+    return values if scale is None else dequantise(values, scale)

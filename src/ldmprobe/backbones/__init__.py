@@ -99,10 +99,13 @@ def backbone_of(pipe) -> Backbone:
 @dataclass(frozen=True)
 class Estimate:
     """What one denoiser call writes, from config files alone: (tokens, channels) of each
-    probed layer, and the latent's shape (channels, height, width)."""
+    probed layer, and the latent's shape (channels, height, width). ``table``: the layers
+    themselves (``layers.Layer``, names for ``generation.store``) where the adapter can name
+    them without torch; None: the disk preflight counts every layer (an upper bound)."""
 
     layers: list[tuple[int, int]]
     latent: tuple[int, int, int]
+    table: list | None = None
 
 
 class Backbone:

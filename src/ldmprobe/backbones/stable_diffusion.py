@@ -49,14 +49,17 @@ def _per_block(value, count: int) -> list[int]:
     return list(value) if isinstance(value, list | tuple) else [value] * count
 
 
-def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list[tuple]:
-    """(tokens, channels) of every self-attention layer, in execution order, from config.json.
+def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list:
+    """Every self-attention layer (``layers.Layer``), in execution order, from config.json:
+    the table ``discover_layers`` finds in the model, without torch.
 
     Mirrors how diffusers' UNet2DConditionModel builds its blocks: a cross-attention down block
     holds ``layers_per_block`` transformers, an up block one more, the mid block one; each
     transformer holds ``transformer_layers_per_block`` attn1 modules. Down block i works at the
     latent size halved i times (stride-2 convs round up); up blocks mirror the down blocks.
     """
+    from ..layers import Layer
+
     down = unet_config["down_block_types"]
     up = unet_config["up_block_types"]
     channels = list(unet_config["block_out_channels"])
@@ -70,18 +73,29 @@ def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -
         height, width = sizes[-1]
         sizes.append((math.ceil(height / 2), math.ceil(width / 2)))
 
-    layers = []
+    # (block prefix, attentions, transformers each, grid, channels) in execution order.
+    blocks = []
     for i, block in enumerate(down):
         if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[i][0] * sizes[i][1]
-            layers += [(tokens, channels[i])] * (per_block[i] * depth[i])
+            blocks.append((f"down_blocks.{i}", per_block[i], depth[i], sizes[i], channels[i]))
     if unet_config.get("mid_block_type", MID_BLOCK_WITH_TRANSFORMER) == MID_BLOCK_WITH_TRANSFORMER:
-        layers += [(sizes[-1][0] * sizes[-1][1], channels[-1])] * depth[-1]
+        blocks.append(("mid_block", 1, depth[-1], sizes[-1], channels[-1]))
     for i, block in enumerate(up):
         level = n - 1 - i
         if CROSS_ATTENTION_BLOCK in block:
-            tokens = sizes[level][0] * sizes[level][1]
-            layers += [(tokens, channels[level])] * ((per_block[level] + 1) * up_depth[i])
+            blocks.append(
+                (f"up_blocks.{i}", per_block[level] + 1, up_depth[i], sizes[level], channels[level])
+            )
+    layers = []
+    for prefix, attentions, transformers, (height, width), width_channels in blocks:
+        for attention in range(attentions):
+            for transformer in range(transformers):
+                path = f"{prefix}.attentions.{attention}.transformer_blocks.{transformer}.attn1"
+                name, block = layer_name(path)
+                index = attention * transformers + transformer
+                layers.append(
+                    Layer(name, path, block, index, len(layers), height, width, width_channels)
+                )
     return layers
 
 
@@ -176,7 +190,9 @@ class StableDiffusion(Backbone):
 
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
         latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
+        table = attention_layers(config, latent_h, latent_w)
         return Estimate(
-            layers=attention_layers(config, latent_h, latent_w),
+            layers=[(layer.height * layer.width, layer.channels) for layer in table],
             latent=(config.get("in_channels", 4), latent_h, latent_w),
+            table=table,
         )

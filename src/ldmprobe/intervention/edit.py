@@ -98,7 +98,7 @@ def generate_edited(
     initial noise, edited by ``edit`` (None: unedited) through the trace on the probed modules
     of ``layers`` (``layers.Layer``) that it edits."""
     from ..backbones import backbone_of
-    from ..generation import DenoiserCalls, initial_noise
+    from ..generation import DenoiserCalls, count_unet_calls, initial_noise
     from ..trace import Trace
 
     backbone = backbone_of(pipe)
@@ -106,8 +106,13 @@ def generate_edited(
     edited_layers = set(edit.layers) if edit is not None else set()
     points = [backbone.point(layer.name, layer.module_path) for layer in layers]
     points = [point for point in points if point.layer in edited_layers]
-    calls = DenoiserCalls(backbone, pipe.scheduler, generation["guidance_scale"])
-    latent_shape = backbone.latent_shape(denoiser, generation["height"], generation["width"])
+    latent_shape = backbone.latent_shape(
+        denoiser, generation["height"], generation["width"], pipe.vae_scale_factor
+    )
+    n_calls, _ = count_unet_calls(pipe.scheduler, generation["steps"])
+    calls = DenoiserCalls(
+        backbone, pipe.scheduler, generation["guidance_scale"], latent_shape, n_calls
+    )
     noise = initial_noise(seed, latent_shape)
     with (
         Trace(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..probes import Adam, LinearProbe, ProbeSettings, pool_to_grid, probe_loss
+from ..probes import Adam, LinearProbe, ProbeSettings, loss_targets, probe_loss
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,11 @@ class EditProbe:
             self.width,
         )
 
-    def prepare(self, target: torch.Tensor) -> torch.Tensor:
-        target = target[None].float()
-        if self.settings.resolution(self.kind) == "native":
-            return pool_to_grid(target, self.height, self.width)
-        return target
+    def prepare(self, target: torch.Tensor):
+        """``target`` as the probe's loss takes it (``probes.loss_targets``; already scaled)."""
+        return loss_targets(
+            self.kind, self.settings, target[None].float(), 0.0, 1.0, self.height, self.width
+        )
 
 
 def load_edit_probe(path: str | Path, task: str) -> EditProbe:

@@ -19,11 +19,18 @@ class PlanError(ValueError):
     """The intervention section asks for something this model or study cannot give."""
 
 
-def edited_cells(section: dict, layers: list[Layer], calls: int) -> tuple[list[str], list[int]]:
-    """Names of the edited layers and the edited steps (``section``: config ``intervention``)."""
+def edited_selection(section: dict) -> tuple[str | list[str], list[int]]:
+    """The edited layer patterns (or "all") and steps, as the config or the task's defaults
+    give them (``section``: config ``intervention``); ``reads.readers`` declares them."""
     defaults = TASK_DEFAULTS[section["task"]]
     patterns = section["layers"] if section["layers"] is not None else defaults["layers"]
     steps = section["steps"] if section["steps"] is not None else defaults["steps"]
+    return patterns, steps
+
+
+def edited_cells(section: dict, layers: list[Layer], calls: int) -> tuple[list[str], list[int]]:
+    """Names of the edited layers and the edited steps (``section``: config ``intervention``)."""
+    patterns, steps = edited_selection(section)
     try:
         chosen = select_layers(layers, patterns)
     except ValueError as error:
