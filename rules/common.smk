@@ -9,7 +9,13 @@ from ldmprobe.backbones import get_backbone
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
 from ldmprobe.labels import check_labelers, label_model_ref
-from ldmprobe.models import MissingModelError, ModelRef, is_inside, preflight
+from ldmprobe.models import (
+    DamagedModelError,
+    MissingModelError,
+    ModelRef,
+    is_inside,
+    preflight,
+)
 from ldmprobe.preflight import (
     DiskSpaceError,
     check_consistency,
@@ -79,7 +85,10 @@ def model_refs():
 
 
 # One message for everything missing: labeler packages (with their install command) and models.
+# Absent model folders are the one thing a dry run may go past (to show the DAG before the
+# weights are fetched); missing packages and damaged weight files stop it too.
 _missing = []
+_absent_models = []
 try:
     check_labelers(CONFIG["labels"]["tasks"])
 except ConfigError as error:
@@ -89,8 +98,10 @@ try:
         [ref for ref, model in model_refs() if not built_by_workflow(model)],
         ALLOW_DOWNLOAD,
     )
-except MissingModelError as error:
+except DamagedModelError as error:
     _missing.append(str(error))
+except MissingModelError as error:
+    _absent_models.append(str(error))
 
 
 def dry_run():
@@ -102,16 +113,16 @@ def dry_run():
     )
 
 
-if _missing and dry_run():
+if _absent_models and not _missing and dry_run():
     # A dry run builds the DAG up to the layer table without any weights: say what is missing,
     # and that a real run stops here.
     sys.stderr.write(
         "\nldmprobe: dry run without these models; a real run stops here:\n"
-        + "\n".join(_missing)
+        + "\n".join(_absent_models)
         + "\n\n"
     )
-elif _missing:
-    fail("\n".join(_missing))
+elif _missing or _absent_models:
+    fail("\n".join(_missing + _absent_models))
 try:
     check_store(CONFIG)
 except ConfigError as error:

@@ -133,7 +133,7 @@ def test_short_retrain_through_the_rules_gives_a_pipeline_generation_loads(tmp_p
     # fp16 safetensors, loaded back in float32 on the CPU by the study's loader.
     assert all(v.dtype == torch.float16 for v in state(folder).values())
 
-    model = {"id": str(folder)}
+    model = {"id": str(folder), "backbone": "stable-diffusion"}
     table = tmp_path / "layers.json"
     generation = {"scheduler": "ddim", "steps": 4, "height": 64, "width": 64}
     jobs.layer_table(model, False, generation, table)

@@ -49,9 +49,12 @@ def _per_block(value, count: int) -> list[int]:
     return list(value) if isinstance(value, list | tuple) else [value] * count
 
 
-def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -> list:
+def attention_layers(
+    unet_config: dict, latent_height: int, latent_width: int, naming=layer_name
+) -> list:
     """Every self-attention layer (``layers.Layer``), in execution order, from config.json:
-    the table ``discover_layers`` finds in the model, without torch.
+    the table ``discover_layers`` finds in the model, without torch. ``naming``: the family's
+    short names of attn1 paths.
 
     Mirrors how diffusers' UNet2DConditionModel builds its blocks: a cross-attention down block
     holds ``layers_per_block`` transformers, an up block one more, the mid block one; each
@@ -91,7 +94,7 @@ def attention_layers(unet_config: dict, latent_height: int, latent_width: int) -
         for attention in range(attentions):
             for transformer in range(transformers):
                 path = f"{prefix}.attentions.{attention}.transformer_blocks.{transformer}.attn1"
-                name, block = layer_name(path)
+                name, block = naming(path)
                 index = attention * transformers + transformer
                 layers.append(
                     Layer(name, path, block, index, len(layers), height, width, width_channels)
@@ -141,9 +144,14 @@ class StableDiffusion(Backbone):
             width // (factor or self.latent_factor),
         )
 
+    @staticmethod
+    def short_name(module_path: str) -> tuple[str, str]:
+        """Short name and block of an attn1 path: the discovered and the estimated tables'."""
+        return layer_name(module_path)
+
     def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
         return {
-            path: layer_name(path)
+            path: self.short_name(path)
             for path, _module in denoiser.named_modules()
             if path.endswith("attn1")
         }
@@ -190,7 +198,7 @@ class StableDiffusion(Backbone):
 
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
         latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
-        table = attention_layers(config, latent_h, latent_w)
+        table = attention_layers(config, latent_h, latent_w, self.short_name)
         return Estimate(
             layers=[(layer.height * layer.width, layer.channels) for layer in table],
             latent=(config.get("in_channels", 4), latent_h, latent_w),

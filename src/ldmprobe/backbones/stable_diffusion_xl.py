@@ -36,12 +36,7 @@ class StableDiffusionXL(WholeCallReplay, sd.StableDiffusion):
         # No invisible watermark: it would change the images the labelers see.
         return load_named_pipeline(path, self.pipeline_classes, dtype, add_watermarker=False)
 
-    def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
-        return {
-            path: layer_name(path)
-            for path, _module in denoiser.named_modules()
-            if path.endswith("attn1")
-        }
+    short_name = staticmethod(layer_name)
 
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch

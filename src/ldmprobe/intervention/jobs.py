@@ -71,6 +71,7 @@ def intervene(
     import pandas as pd
     import torch
 
+    from ..backbones import backbone_of
     from ..generation import decode_latents
     from ..labels import load_label
     from ..layers import Layer
@@ -121,7 +122,7 @@ def intervene(
             folder = trial_dir(tmp, trial)
             (folder / "previews" / "x0").mkdir(parents=True)
             edited.image.save(folder / "image.png", format="PNG", pnginfo=png_info())
-            for step, preview in enumerate(decode_latents(pipe, edited.x0)):
+            for step, preview in enumerate(decode_latents(backbone_of(pipe), pipe, edited.x0)):
                 preview.save(folder / "previews" / "x0" / f"step{step:03d}.png", pnginfo=png_info())
             with open(folder / TARGET_FILE, "wb") as handle:
                 np.savez(

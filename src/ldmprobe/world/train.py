@@ -169,7 +169,7 @@ class Checkpoint:
 
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=False)
+        state = torch.load(self.path, weights_only=True)
         if state.get("recipe") != self.recipe:
             log.warning("checkpoint %s is of another recipe; starting afresh", self.path)
             return None
@@ -337,7 +337,7 @@ def encode_latents(recipe: Recipe, vae_dir: str | Path, out_path: str | Path) ->
     import torch
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
     data = rendered_split(recipe)
     scale = vae.config.scaling_factor
     means, stds = [], []
@@ -550,7 +550,7 @@ def train_diffusion(
     times = progress.times()
     ema.copy_to_params()
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(vae_dir),
+        vae=AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
