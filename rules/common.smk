@@ -182,10 +182,10 @@ def gpu_resources(device, batch):
     return resources
 
 
-def probe_resources(device):
-    """A probe cell's job: on the GPU partition with one GPU for probe.device auto or cuda,
-    else on the CPU (gpu 0). Memory, runtime and threads: the profiles' settings for `probe`.
-    """
+def device_resources(device):
+    """A job that computes on `device` (a probe cell, the world model's training): on the GPU
+    partition with one GPU for auto or cuda, else on the CPU (gpu 0). Memory, runtime and
+    threads: the profiles' settings for the rule."""
     if device == "cpu":
         return {"gpu": 0}
     resources = {"gpu": 1, "slurm_partition": GPU_PARTITION}

@@ -27,7 +27,7 @@ rule probe:
         "../envs/probes.yaml"
     threads: 1
     resources:
-        **probe_resources(CONFIG["probe"]["device"]),
+        **device_resources(CONFIG["probe"]["device"]),
     params:
         # The VAE and latent controls come from the guided trajectory, not one CFG half.
         half=lambda wildcards: named(wildcards.source).half_for(

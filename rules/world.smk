@@ -21,9 +21,12 @@ rule world_vae:
     conda:
         "../envs/generate.yaml"
     threads: WORLD["threads"]
+    resources:
+        **device_resources(WORLD["device"]),
     params:
         recipe=WORLD["diffusion"],
         checkpoint=f"{WORLD_WORK}/checkpoints/vae.pt",
+        device=untracked(WORLD["device"]),
     script:
         "../scripts/world_vae.py"
 
@@ -38,8 +41,11 @@ rule world_latents:
     conda:
         "../envs/generate.yaml"
     threads: WORLD["threads"]
+    resources:
+        **device_resources(WORLD["device"]),
     params:
         recipe=WORLD["diffusion"],
+        device=untracked(WORLD["device"]),
     script:
         "../scripts/world_latents.py"
 
@@ -55,9 +61,12 @@ rule world_diffusion:
     conda:
         "../envs/generate.yaml"
     threads: WORLD["threads"]
+    resources:
+        **device_resources(WORLD["device"]),
     params:
         recipe=WORLD["diffusion"],
         checkpoint=f"{WORLD_WORK}/checkpoints/diffusion.pt",
+        device=untracked(WORLD["device"]),
     script:
         "../scripts/world_diffusion.py"
 

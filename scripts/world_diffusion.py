@@ -9,4 +9,5 @@ train.train_diffusion(
     snakemake.input.latents,
     snakemake.output[0],
     snakemake.params.checkpoint,
+    snakemake.params.device,
 )

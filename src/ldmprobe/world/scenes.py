@@ -273,14 +273,31 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def render_dataset(seed: int, count: int, size: int) -> tuple[list[Scene], dict[str, np.ndarray]]:
+def render_dataset(
+    seed: int, count: int, size: int, processes: int = 1
+) -> tuple[list[Scene], dict[str, np.ndarray]]:
     """Scenes and stacked arrays {"image": [n,H,W,3] uint8, "depth", "mask", "shading",
     "albedo", "object_index"}; deterministic from (seed, count, size); scene i depends only on
-    (seed, i), so a larger count extends a smaller one."""
+    (seed, i), so a larger count extends a smaller one, and ``processes`` > 1 (worker
+    processes rendering consecutive chunks) gives the same arrays."""
     scenes = [sample_scene(scene_rng(seed, i)) for i in range(count)]
-    renders = [render(scene, size) for scene in scenes]
+    processes = max(1, min(processes, count // 256))
+    if processes > 1:
+        import multiprocessing
+
+        chunks = [scenes[i::processes] for i in range(processes)]
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            parts = pool.starmap(_render_all, [(chunk, size) for chunk in chunks])
+        # chunk j holds scenes j, j + processes, ...: interleave back into scene order
+        renders = [parts[i % processes][i // processes] for i in range(count)]
+    else:
+        renders = _render_all(scenes, size)
     fields = ("image", "depth", "mask", "shading", "albedo", "object_index")
     return scenes, {f: np.stack([getattr(r, f) for r in renders]) for f in fields}
+
+
+def _render_all(scene_list: list[Scene], size: int) -> list[Render]:
+    return [render(scene, size) for scene in scene_list]
 
 
 SPEC_FILE = "world.json"

@@ -18,6 +18,7 @@ when their recipe equals the current one.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -47,10 +48,15 @@ class VaeRecipe:
     layers_per_block: int = 1
     steps: int = 1200
     batch: int = 16
-    crop: int = 32  # fully convolutional (no mid-block attention): crops cost a quarter
+    crop: int = 32  # fully convolutional without mid-block attention: crops cost a quarter
     lr: float = 1e-3
     kl_weight: float = 1e-6
     edge_weight: float = 0.5  # L1 on image gradients: sharp object outlines
+    # Objects are ~10% of the pixels: weighing their L1 up keeps their colours (the first VAE,
+    # unweighted, drew them grey-brown, and the palette rule that labels saliency missed them).
+    object_weight: float = 1.0
+    # SD's VAE has attention in its mid blocks, which the VAE control reads; off, crops work.
+    mid_attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class Recipe:
     train_images: int = 4000
     heldout_images: int = 256
     seed: int = 0
+    # Mixed precision on a CUDA device (bfloat16 autocast); the CPU always trains in float32.
+    cuda_autocast: bool = True
     checkpoint_every: int = 200
     log_every: int = 50
     vae: VaeRecipe = field(default_factory=VaeRecipe)
@@ -110,35 +118,71 @@ class Recipe:
 
 
 def rendered_split(recipe: Recipe) -> dict:
-    """The training and held-out renders: images [n, H, W, 3] uint8 and their captions.
+    """The training and held-out renders: images [n, H, W, 3] uint8, their object masks and
+    captions.
 
     One dataset of ``train_images + heldout_images`` scenes, the last ones held out (scene i
     depends only on (data seed, i), so the split never changes with the held-out count)."""
     from . import scenes
 
     count = recipe.train_images + recipe.heldout_images
-    scene_list, arrays = scenes.render_dataset(recipe.data_seed, count, recipe.size)
+    scene_list, arrays = _rendered(recipe.data_seed, count, recipe.size)
     captions = [scenes.caption(scene) for scene in scene_list]
     n = recipe.train_images
     return {
         "train": arrays["image"][:n],
+        "train_mask": arrays["mask"][:n],
         "train_captions": captions[:n],
         "heldout": arrays["image"][n:],
         "heldout_captions": captions[n:],
     }
 
 
-def to_tensor(images: np.ndarray):
-    """uint8 [n, H, W, 3] -> float [n, 3, H, W] in [-1, 1], as the SD VAE expects."""
+@functools.lru_cache(maxsize=1)
+def _rendered(seed: int, count: int, size: int):
+    """One render of the dataset per process: the three stages and the evaluation share it
+    when they run in one process (a GPU run renders 20,000 scenes once, not four times)."""
+    from . import scenes
+
+    return scenes.render_dataset(seed, count, size, processes=os.cpu_count() or 1)
+
+
+def to_tensor(images):
+    """uint8 [n, H, W, 3] (numpy or torch, on any device) -> float [n, 3, H, W] in [-1, 1],
+    as the SD VAE expects."""
     import torch
 
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def step_generator(seed: int, step: int):
+def step_generator(seed: int, step: int, device: str = "cpu"):
     import torch
 
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("world.device is cuda, but torch sees no CUDA device")
+    return device
+
+
+def autocast(recipe: Recipe, device: str):
+    """bfloat16 autocast on CUDA when the recipe asks for it; a no-op context on the CPU."""
+    import contextlib
+
+    import torch
+
+    if device == "cuda" and recipe.cuda_autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cosine_lr(base: float, step: int, steps: int, warmup: int = 100) -> float:
@@ -246,7 +290,7 @@ def build_vae(recipe: Recipe):
         latent_channels=4,
         norm_num_groups=8,
         sample_size=recipe.size,
-        mid_block_add_attention=False,
+        mid_block_add_attention=recipe.vae.mid_attention,
     )
 
 
@@ -254,16 +298,24 @@ def image_gradients(x):
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
-def train_vae(recipe: Recipe, out_dir: str | Path, checkpoint_path: str | Path) -> dict:
-    """Train the VAE, set its latent scaling factor, save it; returns its held-out quality."""
+def train_vae(
+    recipe: Recipe, out_dir: str | Path, checkpoint_path: str | Path, device: str = "cpu"
+) -> dict:
+    """Train the VAE, set its latent scaling factor, save it; returns its held-out quality.
+
+    On the CPU every batch comes from a generator seeded by (seed, step): deterministic and
+    resumable. On CUDA the batches are drawn the same way, the noise on the device (fast, not
+    bit-reproducible across GPUs)."""
     ensure_torchvision_importable()
     import torch
 
+    device = resolve_device(device)
     torch.manual_seed(recipe.seed)
     data = rendered_split(recipe)
-    train = torch.from_numpy(data["train"])
-    vae = build_vae(recipe)
-    log.info("VAE: %.2fM parameters", sum(p.numel() for p in vae.parameters()) / 1e6)
+    train = torch.from_numpy(data["train"]).to(device)
+    objects = torch.from_numpy(data["train_mask"]).to(device)
+    vae = build_vae(recipe).to(device)
+    log.info("VAE: %.2fM parameters, on %s", sum(p.numel() for p in vae.parameters()) / 1e6, device)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae.lr, weight_decay=0.0)
     checkpoint = Checkpoint(checkpoint_path, recipe.vae_part())
     start = 0
@@ -276,19 +328,24 @@ def train_vae(recipe: Recipe, out_dir: str | Path, checkpoint_path: str | Path) 
     vae.train()
     for step in range(start, r.steps):
         g = step_generator(recipe.seed, step)
-        idx = torch.randint(len(train), (r.batch,), generator=g)
+        idx = torch.randint(len(train), (r.batch,), generator=g).to(device)
         y0, x0 = (int(v) for v in torch.randint(size - crop + 1, (2,), generator=g))
-        x = to_tensor(train.index_select(0, idx)[:, y0 : y0 + crop, x0 : x0 + crop].numpy())
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(
-            posterior.mean.shape, generator=g, dtype=posterior.mean.dtype
-        )
-        out = vae.decode(z).sample
-        loss = (out - x).abs().mean()
+        window = (slice(None), slice(y0, y0 + crop), slice(x0, x0 + crop))
+        x = to_tensor(train.index_select(0, idx)[window])
+        weight = 1.0 + (r.object_weight - 1.0) * objects.index_select(0, idx)[window].float()
+        weight = (weight / weight.mean())[:, None]
+        with autocast(recipe, device):
+            posterior = vae.encode(x).latent_dist
+            if device == "cpu":
+                eps = torch.randn(posterior.mean.shape, generator=g, dtype=posterior.mean.dtype)
+            else:
+                eps = torch.randn_like(posterior.mean)
+            out = vae.decode(posterior.mean + posterior.std * eps).sample.float()
+        loss = ((out - x).abs() * weight).mean()
         if r.edge_weight:
             for a, b in zip(image_gradients(out), image_gradients(x), strict=True):
                 loss = loss + r.edge_weight * (a - b).abs().mean()
-        loss = loss + r.kl_weight * posterior.kl().mean()
+        loss = loss + r.kl_weight * posterior.kl().float().mean()
         lr = cosine_lr(r.lr, step, r.steps)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -300,29 +357,37 @@ def train_vae(recipe: Recipe, out_dir: str | Path, checkpoint_path: str | Path) 
             checkpoint.save(
                 {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}
             )
-    times = progress.times()
+    times = {**progress.times(), "device": device_name(device)}
     vae.eval()
     # SD's scaling factor: the latents' inverse standard deviation on training images, so the
     # diffusion model sees unit-variance latents.
     with torch.no_grad():
-        sample = to_tensor(data["train"][:512])
+        sample = to_tensor(train[:512])
         std = float(torch.cat([vae.encode(c).latent_dist.mean for c in sample.split(64)]).std())
     vae.register_to_config(scaling_factor=round(1.0 / std, 5))
     quality = {"heldout_psnr_db": reconstruction_psnr(vae, data["heldout"]), "latent_std": std}
     log.info("VAE held-out PSNR %.2f dB (%s)", quality["heldout_psnr_db"], times)
     with atomic_directory(out_dir) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
+        vae.to("cpu").save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "training.json", {"recipe": recipe.vae_part(), **times, **quality})
     checkpoint.remove()
     return quality
 
 
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
 def reconstruction_psnr(vae, images: np.ndarray) -> float:
     import torch
 
+    device, dtype = vae.device, vae.dtype
     with torch.no_grad():
         out = [
-            vae.decode(vae.encode(x).latent_dist.mean).sample for x in to_tensor(images).split(64)
+            vae.decode(vae.encode(x.to(device, dtype)).latent_dist.mean).sample.float().cpu()
+            for x in to_tensor(images).split(64)
         ]
     recon = torch.cat(out).clamp(-1, 1).add(1).mul(127.5).round().byte()
     return psnr(recon.permute(0, 2, 3, 1).numpy(), images)
@@ -331,21 +396,24 @@ def reconstruction_psnr(vae, images: np.ndarray) -> float:
 # --- 2. cached latents --------------------------------------------------------------------
 
 
-def encode_latents(recipe: Recipe, vae_dir: str | Path, out_path: str | Path) -> None:
+def encode_latents(
+    recipe: Recipe, vae_dir: str | Path, out_path: str | Path, device: str = "cpu"
+) -> None:
     """The training set's latent distributions (scaled mean and std) and captions, once."""
     ensure_torchvision_importable()
     import torch
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
+    device = resolve_device(device)
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).to(device).eval()
     data = rendered_split(recipe)
     scale = vae.config.scaling_factor
     means, stds = [], []
     with torch.no_grad():
         for x in to_tensor(data["train"]).split(128):
-            dist = vae.encode(x).latent_dist
-            means.append(dist.mean * scale)
-            stds.append(dist.std * scale)
+            dist = vae.encode(x.to(device)).latent_dist
+            means.append(dist.mean.cpu() * scale)
+            stds.append(dist.std.cpu() * scale)
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
@@ -441,6 +509,12 @@ def make_scheduler():
     )
 
 
+def add_noise(abar, z0, noise, t):
+    """The forward process q(z_t | z_0), as DDPM's ``add_noise``, on ``abar``'s device."""
+    a = abar[t].view(-1, *([1] * (z0.dim() - 1)))
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+
 class Ema:
     """Exponential moving average of parameters, with the usual warm-up of its decay."""
 
@@ -470,6 +544,7 @@ def train_diffusion(
     latents_path: str | Path,
     out_dir: str | Path,
     checkpoint_path: str | Path,
+    device: str = "cpu",
 ) -> dict:
     """Train U-Net and text encoder on the cached latents; save the pipeline folder."""
     ensure_torchvision_importable()
@@ -477,24 +552,28 @@ def train_diffusion(
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+    device = resolve_device(device)
     torch.manual_seed(recipe.seed)
     cached = np.load(latents_path)
-    mean, std = torch.from_numpy(cached["mean"]), torch.from_numpy(cached["std"])
+    mean = torch.from_numpy(cached["mean"]).to(device)
+    std = torch.from_numpy(cached["std"]).to(device)
     captions = [str(c) for c in cached["captions"]]
     tokenizer = caption_tokenizer(captions)
     ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    text_encoder = build_text_encoder(recipe, tokenizer)
-    unet = build_unet(recipe, mean.shape[-1])
+    ids, empty = ids.to(device), empty.to(device)
+    text_encoder = build_text_encoder(recipe, tokenizer).to(device)
+    unet = build_unet(recipe, mean.shape[-1]).to(device)
     scheduler = make_scheduler()
     d = recipe.diffusion
     log.info(
-        "U-Net %.2fM, text encoder %.2fM parameters; %d latents %s; vocabulary %d",
+        "U-Net %.2fM, text encoder %.2fM parameters; %d latents %s; vocabulary %d; on %s",
         sum(p.numel() for p in unet.parameters()) / 1e6,
         sum(p.numel() for p in text_encoder.parameters()) / 1e6,
         len(mean),
         tuple(mean.shape[1:]),
         len(tokenizer),
+        device,
     )
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=1e-2)
@@ -507,7 +586,7 @@ def train_diffusion(
         opt.load_state_dict(state["optimizer"])
         ema.shadow = state["ema"]
         start = state["step"]
-    abar = scheduler.alphas_cumprod
+    abar = scheduler.alphas_cumprod.to(device)
     snr = abar / (1 - abar)
     # Min-SNR-gamma weighting of the epsilon loss (Hang et al. 2023): faster convergence.
     weight = torch.clamp(snr, max=d.min_snr_gamma) / snr
@@ -515,17 +594,23 @@ def train_diffusion(
     unet.train()
     text_encoder.train()
     for step in range(start, d.steps):
-        g = step_generator(recipe.seed, step)
-        idx = torch.randint(len(mean), (d.batch,), generator=g)
-        noise_z = torch.randn((d.batch, *mean.shape[1:]), generator=g)
+        # Everything random comes from (seed, step): on the CPU from one CPU generator (bit
+        # for bit resumable), on CUDA from a device generator (no host-to-device copies).
+        g = step_generator(recipe.seed, step, device)
+        shape = (d.batch, *mean.shape[1:])
+        idx = torch.randint(len(mean), (d.batch,), generator=g, device=device)
+        noise_z = torch.randn(shape, generator=g, device=device)
         z0 = mean.index_select(0, idx) + std.index_select(0, idx) * noise_z
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (d.batch,), generator=g)
-        noise = torch.randn(z0.shape, generator=g)
-        zt = scheduler.add_noise(z0, noise, t)
-        drop = torch.rand(d.batch, generator=g) < d.caption_dropout
+        t = torch.randint(
+            0, scheduler.config.num_train_timesteps, (d.batch,), generator=g, device=device
+        )
+        noise = torch.randn(shape, generator=g, device=device)
+        zt = add_noise(abar, z0, noise, t)
+        drop = torch.rand(d.batch, generator=g, device=device) < d.caption_dropout
         tokens = torch.where(drop[:, None], empty, ids.index_select(0, idx))
-        hidden = text_encoder(tokens).last_hidden_state
-        pred = unet(zt, t, encoder_hidden_states=hidden).sample
+        with autocast(recipe, device):
+            hidden = text_encoder(tokens).last_hidden_state
+            pred = unet(zt, t, encoder_hidden_states=hidden).sample.float()
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weight[t]).mean()
         lr = cosine_lr(d.lr, step, d.steps)
@@ -547,13 +632,13 @@ def train_diffusion(
                     "step": step + 1,
                 }
             )
-    times = progress.times()
+    times = {**progress.times(), "device": device_name(device)}
     ema.copy_to_params()
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True),
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder.to("cpu").eval(),
         tokenizer=tokenizer,
-        unet=unet.eval(),
+        unet=unet.to("cpu").eval(),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -564,15 +649,19 @@ def train_diffusion(
     with atomic_directory(out_dir) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         log.info("saved the pipeline (%s); evaluating it", times)
-        quality, samples = evaluate_pipeline(tmp, recipe)
+        quality, samples = evaluate_pipeline(tmp, recipe, device=device)
         record = {
             "what": "the known-answer world's latent diffusion model (issue 15), trained from "
-            "scratch by rules/world.smk",
+            "scratch by ldmprobe.world.train (rules/world.smk; bench/world_gpu.py on a GPU)",
             "recipe": recipe.to_dict(),
             "data_seed": recipe.data_seed,
             "versions": library_versions(),
             "training": {
-                "vae": {k: vae_training[k] for k in ("wall_s", "cpu_s", "load_average")},
+                "vae": {
+                    k: vae_training[k]
+                    for k in ("wall_s", "cpu_s", "load_average", "device")
+                    if k in vae_training
+                },
                 "diffusion": times,
                 "threads": torch.get_num_threads(),
             },
@@ -637,7 +726,9 @@ def object_count(image: np.ndarray, min_pixels: int) -> int:
     return count
 
 
-def evaluate_pipeline(folder: str | Path, recipe: Recipe, seed: int = 0) -> dict:
+def evaluate_pipeline(
+    folder: str | Path, recipe: Recipe, seed: int = 0, device: str = "cpu"
+) -> dict:
     """The saved folder, loaded as generation loads SD: VAE PSNR on held-out renders, the
     fraction of samples (held-out captions) whose palette blobs match the caption's object
     count (beside the same fraction on the renders: the rule's own ceiling), and route (b)'s
@@ -649,7 +740,7 @@ def evaluate_pipeline(folder: str | Path, recipe: Recipe, seed: int = 0) -> dict
     from .inversion import ddim_invert, regenerate
 
     e = EVALUATION
-    pipe = load_diffusion_pipeline(ModelRef("world", str(folder)), "ddim", "float32", "cpu")
+    pipe = load_diffusion_pipeline(ModelRef("world", str(folder)), "ddim", "float32", device)
     count = recipe.train_images + recipe.heldout_images
     scene_list, arrays = scenes.render_dataset(recipe.data_seed, count, recipe.size)
     heldout, images = scene_list[recipe.train_images :], arrays["image"][recipe.train_images :]
@@ -660,7 +751,7 @@ def evaluate_pipeline(folder: str | Path, recipe: Recipe, seed: int = 0) -> dict
     n = min(e["samples"], len(heldout))
     samples = []
     for start in range(0, n, 16):
-        generator = torch.Generator().manual_seed(seed + start)
+        generator = torch.Generator(device).manual_seed(seed + start)
         with torch.no_grad():
             out = pipe(
                 captions[start : min(n, start + 16)],
