@@ -246,3 +246,62 @@ def test_fit_faithfulness_table_counts_what_each_task_keeps(tmp_path, renders, s
     table, summary = fit_faithfulness(images, {"depth": strict})
     assert not table["kept_depth"].any()
     assert summary.set_index("metric")["mean"]["excluded_depth"] == 5
+
+
+def test_label_job_takes_the_previews_labels_from_the_previews_labeler(tmp_path, renders, spec_dir):
+    """As config/world.yaml has it: the final image's exact label (`world`), its previews'
+    from the world's off-the-shelf labeler (`world-net`), each recorded in the provenance."""
+    from workflow import REPO
+
+    from ldmprobe import jobs
+    from ldmprobe.labels import load_provenance
+
+    net = REPO / "world" / "weights" / "labeler"
+    if not net.is_dir():
+        pytest.skip(f"{net} is not committed")
+    _, arrays = renders
+    image = tmp_path / "image.png"
+    Image.fromarray(arrays["image"][3]).save(image)
+    (tmp_path / "previews" / "x0").mkdir(parents=True)
+    # Noisy previews: no exact fit holds on them, the net labels them all the same.
+    rng = np.random.default_rng(0)
+    previews = []
+    for step in range(3):
+        noisy = arrays["image"][3] + rng.normal(0, 40 * (3 - step), arrays["image"][3].shape)
+        previews.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+        previews[-1].save(tmp_path / "previews" / "x0" / f"step{step:03d}.png")
+    section = {
+        "labeler": "world",
+        "model": {"id": str(spec_dir)},
+        "options": {"target": "depth"},
+        "previews": {
+            "labeler": "world-net",
+            "model": {"id": str(net)},
+            "options": {"target": "depth"},
+        },
+    }
+    out = tmp_path / "label.npz"
+    paths = [{"image": str(image), "previews": str(tmp_path / "previews"), "out": str(out)}]
+    jobs.label("depth", section, False, "cpu", 2, paths)
+    label = load_label(out)
+    exact = _labeler(spec_dir, "depth")
+    np.testing.assert_array_equal(label["raw"], exact.predict([Image.open(image)])[0])
+    assert np.isfinite(label["target"]).all()
+    assert np.isnan(exact.predict(previews[:1])).all()  # exact fitting fails on a noisy preview
+    ref = ModelRef("labels.tasks.depth.previews.model", str(net))
+    expected = build_labeler("world-net", ref, "cpu", False, {"target": "depth"}).predict(previews)
+    # The job labels the previews in batches of 2: float32 sums in another order.
+    assert np.isfinite(label["preview_raw"]).all()
+    np.testing.assert_allclose(label["preview_raw"], expected, atol=1e-5)
+    np.testing.assert_array_equal(label["preview_target"], label["preview_raw"])
+    provenance = load_provenance(out)
+    assert provenance["labeler"] == "world" and provenance["model"] == str(spec_dir)
+    assert not provenance["excluded"]
+    made = provenance["previews"]
+    assert made["labeler"] == "world-net" and made["model"] == str(net)
+    assert made["labeler_info"]["options"]["target"] == "depth"
+    # Unset, the task's labeler labels the previews too, and the provenance has no `previews`.
+    del section["previews"]
+    jobs.label("depth", section, False, "cpu", 2, paths)
+    assert np.isnan(load_label(out)["preview_raw"][0]).all()
+    assert "previews" not in load_provenance(out)

@@ -159,7 +159,9 @@ def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
         for task, options in thresholds.items():
             row[f"kept_{task}"] = label_kept(
                 options.get("target", task),
-                fit, options.get("min_iou", MIN_IOU), options.get("min_psnr", MIN_PSNR)
+                fit,
+                options.get("min_iou", MIN_IOU),
+                options.get("min_psnr", MIN_PSNR),
             )
         rows.append(row)
     table = pd.DataFrame(rows)
