@@ -78,6 +78,13 @@ def model_refs():
     refs = [(ModelRef.from_config("models.diffusion", diffusion), diffusion)]
     for task, section in CONFIG["labels"]["tasks"].items():
         refs.append((label_model_ref(task, section), section["model"]))
+        if section.get("previews"):
+            refs.append(
+                (
+                    label_model_ref(task, section, previews=True),
+                    section["previews"]["model"],
+                )
+            )
     if CONFIG["classification"]["enabled"]:
         model = CONFIG["classification"]["model"]
         refs.append((ModelRef.from_config("classification.model", model), model))
@@ -156,6 +163,15 @@ def without(section, *keys):
 def model_input(model):
     """The model folder as an input when this workflow builds it (demo), else nothing."""
     return [model["id"]] if built_by_workflow(model) else []
+
+
+def label_model_inputs(task):
+    """The label job's model inputs: the task's labeler's and its previews' labeler's."""
+    section = CONFIG["labels"]["tasks"][task]
+    inputs = model_input(section["model"])
+    if section.get("previews"):
+        inputs += model_input(section["previews"]["model"])
+    return inputs
 
 
 # Site settings of the GPU jobs, from the environment like the rest of the site settings

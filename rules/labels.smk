@@ -1,5 +1,6 @@
 # One job per (image, task), or per (batch of images_per_job images, task): the labeler on the
-# final image and on every step's preview (rules made in rules/images.smk).
+# final image and on every step's preview, or the task's `previews` labeler on the previews when
+# it has one (rules made in rules/images.smk).
 IMAGE_STAGES.append(
     ImageStage(
         stage="label",
@@ -19,9 +20,7 @@ IMAGE_STAGES.append(
             "image": f"{GENERATION_DIR}/image.png",
             "previews": f"{GENERATION_DIR}/previews",
         },
-        model=lambda wildcards: model_input(
-            CONFIG["labels"]["tasks"][wildcards.task]["model"]
-        ),
+        model=lambda wildcards: label_model_inputs(wildcards.task),
         outputs={"labels": f"{RESULTS}/labels/{{task}}/{{prompt_id}}/{{seed}}.npz"},
     )
 )

@@ -132,3 +132,66 @@ def test_numbers_take_their_schema_type():
     written["generation"]["steps"] = "15"  # a quoted string stays a string: an error
     with pytest.raises(ConfigError, match="'generation.steps': '15' is not of type"):
         validate_config(written)
+
+
+PREVIEWS = {"labeler": "dpt", "model": {"id": "resources/demo-models/dpt-depth"}}
+
+
+def test_previews_labeler_is_optional_and_validated():
+    """labels.tasks.<task>.previews: unset stays unset (the rules' params, so every existing
+    output, unchanged); set, it is a labeler section of its own."""
+    from ldmprobe.labels import check_labelers
+    from ldmprobe.preflight import check_consistency
+
+    plain = validate_config(demo())
+    assert all("previews" not in section for section in plain["labels"]["tasks"].values())
+    config = demo()
+    config["labels"]["tasks"]["depth"]["previews"] = dict(PREVIEWS)
+    filled = validate_config(config)
+    assert filled["labels"]["tasks"]["depth"]["previews"] == PREVIEWS
+    check_consistency(filled)
+    check_labelers(filled["labels"]["tasks"])
+    world = load_config(REPO / "config" / "world.yaml")
+    check_consistency(world)
+    for task, section in world["labels"]["tasks"].items():
+        assert section["labeler"] == "world"
+        assert section["previews"] == {
+            "labeler": "world-net",
+            "model": {"id": "world/weights/labeler"},
+            "options": {"target": task},
+        }
+
+
+@pytest.mark.parametrize(
+    ("previews", "message"),
+    [
+        ({"labeler": "dpt"}, r"'labels.tasks.depth.previews'.*'model' is a required"),
+        (
+            {**PREVIEWS, "model_id": "x"},
+            r"'labels.tasks.depth.previews'.*'model_id' was unexpected",
+        ),
+        (
+            {**PREVIEWS, "labeler": "midas"},
+            r"'labels.tasks.depth.previews.labeler': 'midas' is not",
+        ),
+        (
+            {**PREVIEWS, "labeler": "rembg"},
+            r"'labels.tasks.depth.previews.labeler': labeler 'rembg' makes \['saliency'\]",
+        ),
+        (
+            {**PREVIEWS, "options": {"treshold": 1}},
+            r"'labels.tasks.depth.previews': labeler 'dpt' has no option\(s\) \['treshold'\]",
+        ),
+    ],
+    ids=["no model", "unknown key", "unknown labeler", "labeler of another task", "bad option"],
+)
+def test_bad_previews_labeler_names_its_key(previews, message):
+    from ldmprobe.labels import check_labelers
+    from ldmprobe.preflight import check_consistency
+
+    config = demo()
+    config["labels"]["tasks"]["depth"]["previews"] = previews
+    with pytest.raises(ConfigError, match=message):
+        filled = validate_config(config)
+        check_consistency(filled)
+        check_labelers(filled["labels"]["tasks"])

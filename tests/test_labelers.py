@@ -266,7 +266,12 @@ def test_workflow_stops_before_any_job_listing_missing_packages_and_models(tmp_p
     config["prompts"]["files"] = [{"path": str(REPO / "config/prompts.csv")}]
     config["labels"]["tasks"] = {
         "saliency": {"labeler": "tracer", "model": {"id": "Carve/tracer_b7"}},
-        "shading": {"labeler": "intrinsic", "model": {"id": "./intrinsic-weights"}},
+        "shading": {
+            "labeler": "intrinsic",
+            "model": {"id": "./intrinsic-weights"},
+            # The previews' own labeler is resolved like any other model.
+            "previews": {"labeler": "marigold", "model": {"id": "./no-marigold"}},
+        },
     }
     config["classification"]["enabled"] = False
     path = tmp_path / "config.yaml"
@@ -281,6 +286,7 @@ def test_workflow_stops_before_any_job_listing_missing_packages_and_models(tmp_p
         "`hf download Carve/tracer_b7 tracer_b7.pth`",
         "labels.tasks.shading.model: local directory './intrinsic-weights' does not exist",
         "final_weights.pt",
+        "labels.tasks.shading.previews.model: local directory './no-marigold' does not exist",
     ):
         assert fragment in result.stderr
 

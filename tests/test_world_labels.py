@@ -15,12 +15,13 @@ from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest
 from ldmprobe.labels import build_labeler, label_image, load_label
 from ldmprobe.models import ModelRef
 from ldmprobe.tasks import TASKS
-from ldmprobe.world.fit import fit_scene, save_world_spec
+from ldmprobe.world.fit import fit_scene, label_kept, save_world_spec
 from ldmprobe.world.scenes import (
     PALETTE,
     SPEC_FILE,
     Scene,
     SceneObject,
+    palette_mask,
     render,
     render_dataset,
 )
@@ -115,21 +116,45 @@ def _labeler(folder, target):
     return build_labeler("world", ref, "cpu", False, {"target": target})
 
 
+def generated_looking_misfit(arrays) -> np.ndarray:
+    """A render softened as generated images are, with a red streak no shape can make: the
+    fit fails on it, its palette mask is still exact."""
+    from PIL import ImageFilter
+
+    image = Image.fromarray(arrays["image"][2]).filter(ImageFilter.GaussianBlur(0.7))
+    pixels = np.asarray(image).copy()
+    pixels[44:46, 2:40] = PALETTE["red"]
+    return pixels
+
+
 def test_world_labeler_gives_exact_maps_and_nan_for_failures(renders, spec_dir):
     _, arrays = renders
-    images = [
-        Image.fromarray(arrays["image"][0]),
-        Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)),
-    ]
+    misfit = generated_looking_misfit(arrays)
+    assert not fit_scene(misfit).ok
+    pixels = [arrays["image"][0], np.full((SIZE, SIZE, 3), 90, np.uint8), misfit]
+    images = [Image.fromarray(image) for image in pixels]
     saliency = _labeler(spec_dir, "saliency").predict(images)
     np.testing.assert_array_equal(saliency[0], arrays["mask"][0].astype(np.float32))
-    assert np.isnan(saliency[1]).all()
-    depth = _labeler(spec_dir, "depth").predict(images)[0]
-    assert np.isfinite(depth).all() and (depth > 0).all()
+    # Saliency needs no fit: the palette mask labels every image, a failed fit's too.
+    for index in (1, 2):
+        np.testing.assert_array_equal(saliency[index], palette_mask(pixels[index]))
+    assert saliency[2].sum() > 0 and not saliency[1].any()
+    depth = _labeler(spec_dir, "depth").predict(images)
+    assert np.isfinite(depth[0]).all() and (depth[0] > 0).all()
     # Inverse depth: nearer (the bottom rows) is larger.
-    assert depth[-1].mean() > depth[SIZE // 2].mean()
+    assert depth[0][-1].mean() > depth[0][SIZE // 2].mean()
+    # Depth and shading need the fit: none where it fails.
+    assert np.isnan(depth[1:]).all()
+    assert np.isnan(_labeler(spec_dir, "shading").predict(images[2:])).all()
     with pytest.raises(ValueError, match="option 'target'"):
         _labeler(spec_dir, None)
+
+
+def test_label_kept_is_the_one_rule():
+    assert label_kept("saliency", None)
+    assert not label_kept("depth", None) and not label_kept("shading", None)
+    no_scene = fit_scene(np.full((SIZE, SIZE, 3), 90, np.uint8))
+    assert label_kept("saliency", no_scene) and not label_kept("depth", no_scene)
 
 
 def test_world_labeler_refuses_another_worlds_definition(tmp_path, spec_dir):
@@ -142,8 +167,7 @@ def test_world_labeler_refuses_another_worlds_definition(tmp_path, spec_dir):
 
 def test_an_image_without_label_is_excluded_from_the_manifest(tmp_path, renders, spec_dir):
     _, arrays = renders
-    labeler = _labeler(spec_dir, "saliency")
-    images = {"good": arrays["image"][1], "bad": np.full((SIZE, SIZE, 3), 90, np.uint8)}
+    images = {"good": arrays["image"][1], "bad": generated_looking_misfit(arrays)}
     paths = collections.defaultdict(list)
     for name, pixels in images.items():
         image = tmp_path / f"{name}.png"
@@ -151,17 +175,22 @@ def test_an_image_without_label_is_excluded_from_the_manifest(tmp_path, renders,
         # Its one preview: the good image's shows no scene yet (NaN), the bad one's does.
         preview = tmp_path / f"{name}-preview.png"
         Image.fromarray(images["bad" if name == "good" else "good"]).save(preview)
-        out = tmp_path / f"{name}.npz"
-        label_image(labeler, TASKS["saliency"], {}, image, [preview], out, {"model": "x"})
         paths["image"].append(str(image))
-        paths["label_saliency"].append(str(out))
-    good = load_label(tmp_path / "good.npz")
+        for task in ("saliency", "depth"):
+            out = tmp_path / f"{name}-{task}.npz"
+            labeler = _labeler(spec_dir, task)
+            label_image(labeler, TASKS[task], {}, image, [preview], out, {"model": "x"})
+            paths[TASKS[task].label_key].append(str(out))
+    good = load_label(tmp_path / "good-depth.npz")
     assert np.isnan(good["preview_target"][0]).all() and not np.isnan(good["target"]).any()
+    # The failed fit's image keeps its exact saliency label; only depth excludes it.
+    bad = load_label(tmp_path / "bad-saliency.npz")
+    np.testing.assert_array_equal(bad["target"], palette_mask(images["bad"]))
     prompts = pd.DataFrame({"prompt_id": ["good", "bad"], "seed": [1, 2], "split": ["train"] * 2})
     manifest = build_manifest(prompts, dict(paths), str(tmp_path / "dataset.csv"))
     assert manifest["split"].tolist() == ["train", EXCLUDED]
     again = read_manifest(str(tmp_path / "dataset.csv"))
-    assert again["excluded_by"].tolist() == ["", "saliency"]
+    assert again["excluded_by"].tolist() == ["", "depth"]
     assert again["split"].tolist() == ["train", EXCLUDED]
 
 
@@ -184,21 +213,95 @@ def test_fit_holds_on_blurred_renders(renders):
     )
 
 
-def test_fit_faithfulness_table_counts_what_each_task_keeps(tmp_path, renders):
+def test_fit_faithfulness_table_counts_what_each_task_keeps(tmp_path, renders, spec_dir):
     from ldmprobe.world.quality import fit_faithfulness
 
     _, arrays = renders
+    pixels = [
+        *arrays["image"][:3],
+        np.full((SIZE, SIZE, 3), 90, np.uint8),
+        generated_looking_misfit(arrays),
+    ]
     images = []
-    for index, pixels in enumerate([*arrays["image"][:3], np.full((SIZE, SIZE, 3), 90, np.uint8)]):
+    for index, image in enumerate(pixels):
         path = tmp_path / f"{index}.png"
-        Image.fromarray(pixels).save(path)
+        Image.fromarray(image).save(path)
         images.append({"prompt_id": f"p{index}", "seed": index, "path": str(path)})
-    strict = {"min_iou": 1.01}  # no re-render matches the image this well
-    table, summary = fit_faithfulness(images, {"saliency": {}, "depth": strict})
-    assert table["kept_saliency"].tolist() == [True, True, True, False]
-    assert not table["kept_depth"].any()
+    strict = {"target": "depth", "min_iou": 1.01}  # no re-render matches the image this well
+    thresholds = {"saliency": {"target": "saliency"}, "depth": {"target": "depth"}}
+    table, summary = fit_faithfulness(images, thresholds)
+    # Saliency needs no fit: every image keeps it; depth drops the two failed fits.
+    assert table["kept_saliency"].all()
+    assert table["kept_depth"].tolist() == [True, True, True, False, False]
     assert table["failure"].iloc[3].startswith("no object") and np.isnan(table["psnr"].iloc[3])
     counts = summary.set_index("metric")["mean"]
-    assert counts["excluded_saliency"] == 1 and counts["excluded_depth"] == 4
-    assert counts["kept_saliency"] == 0.75
-    assert summary.set_index("metric").loc["mask_iou", "n"] == 3
+    assert counts["excluded_saliency"] == 0 and counts["excluded_depth"] == 2
+    assert counts["kept_saliency"] == 1.0 and counts["kept_depth"] == 0.6
+    assert summary.set_index("metric").loc["mask_iou", "n"] == 4
+    # The table keeps what the labeler labels, image by image.
+    for task in thresholds:
+        maps = _labeler(spec_dir, task).predict([Image.fromarray(image) for image in pixels])
+        labelled = [not np.isnan(m).all() for m in maps]
+        assert table[f"kept_{task}"].tolist() == labelled
+    table, summary = fit_faithfulness(images, {"depth": strict})
+    assert not table["kept_depth"].any()
+    assert summary.set_index("metric")["mean"]["excluded_depth"] == 5
+
+
+def test_label_job_takes_the_previews_labels_from_the_previews_labeler(tmp_path, renders, spec_dir):
+    """As config/world.yaml has it: the final image's exact label (`world`), its previews'
+    from the world's off-the-shelf labeler (`world-net`), each recorded in the provenance."""
+    from workflow import REPO
+
+    from ldmprobe import jobs
+    from ldmprobe.labels import load_provenance
+
+    net = REPO / "world" / "weights" / "labeler"
+    if not net.is_dir():
+        pytest.skip(f"{net} is not committed")
+    _, arrays = renders
+    image = tmp_path / "image.png"
+    Image.fromarray(arrays["image"][3]).save(image)
+    (tmp_path / "previews" / "x0").mkdir(parents=True)
+    # Noisy previews: no exact fit holds on them, the net labels them all the same.
+    rng = np.random.default_rng(0)
+    previews = []
+    for step in range(3):
+        noisy = arrays["image"][3] + rng.normal(0, 40 * (3 - step), arrays["image"][3].shape)
+        previews.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+        previews[-1].save(tmp_path / "previews" / "x0" / f"step{step:03d}.png")
+    section = {
+        "labeler": "world",
+        "model": {"id": str(spec_dir)},
+        "options": {"target": "depth"},
+        "previews": {
+            "labeler": "world-net",
+            "model": {"id": str(net)},
+            "options": {"target": "depth"},
+        },
+    }
+    out = tmp_path / "label.npz"
+    paths = [{"image": str(image), "previews": str(tmp_path / "previews"), "out": str(out)}]
+    jobs.label("depth", section, False, "cpu", 2, paths)
+    label = load_label(out)
+    exact = _labeler(spec_dir, "depth")
+    np.testing.assert_array_equal(label["raw"], exact.predict([Image.open(image)])[0])
+    assert np.isfinite(label["target"]).all()
+    assert np.isnan(exact.predict(previews[:1])).all()  # exact fitting fails on a noisy preview
+    ref = ModelRef("labels.tasks.depth.previews.model", str(net))
+    expected = build_labeler("world-net", ref, "cpu", False, {"target": "depth"}).predict(previews)
+    # The job labels the previews in batches of 2: float32 sums in another order.
+    assert np.isfinite(label["preview_raw"]).all()
+    np.testing.assert_allclose(label["preview_raw"], expected, atol=1e-5)
+    np.testing.assert_array_equal(label["preview_target"], label["preview_raw"])
+    provenance = load_provenance(out)
+    assert provenance["labeler"] == "world" and provenance["model"] == str(spec_dir)
+    assert not provenance["excluded"]
+    made = provenance["previews"]
+    assert made["labeler"] == "world-net" and made["model"] == str(net)
+    assert made["labeler_info"]["options"]["target"] == "depth"
+    # Unset, the task's labeler labels the previews too, and the provenance has no `previews`.
+    del section["previews"]
+    jobs.label("depth", section, False, "cpu", 2, paths)
+    assert np.isnan(load_label(out)["preview_raw"][0]).all()
+    assert "previews" not in load_provenance(out)

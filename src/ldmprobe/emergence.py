@@ -1,7 +1,8 @@
 """Emergence as numbers: the labeler-on-preview curve, emergence steps, and their comparison.
 
 The labeler curve scores an off-the-shelf model run on each step's decoded x0 preview against
-the same model's label of the final image, per test image, with the probes' metrics (and the
+the task's label of the final image (the same model's, unless ``labels.tasks.<task>.previews``
+names another labeler for the previews), per test image, with the probes' metrics (and the
 probes' target scaling for RMSE), so it sits in the same tables as the probes under source
 ``labeler``. The emergence step of a curve is ``metrics.emergence_step`` with a bootstrap
 interval over test images (``metrics.emergence_step_bootstrap``).

@@ -199,25 +199,34 @@ def label(
     images: list[dict],
 ) -> None:
     """``images``: one dict per image with its ``image``, ``previews`` and ``out`` paths; the
-    labeler is loaded once for all of them."""
+    labeler is loaded once for all of them, and the previews' own labeler (``previews`` of the
+    task's config) too when it has one."""
     from .labels import build_labeler, label_image, label_model_ref
     from .models import resolve_device
     from .tasks import TASKS
 
-    ref = label_model_ref(task, task_config)
-    options = task_config.get("options", {})
-    started = time.perf_counter()
-    labeler = build_labeler(
-        task_config["labeler"], ref, resolve_device(device), allow_download, options
-    )
-    log.info("%s labeler %s loaded in %.1f s", task, ref.describe(), time.perf_counter() - started)
-    provenance = {
-        "labeler": task_config["labeler"],
-        "model": ref.id,
-        "revision": ref.revision,
-        # Where it ran: left out of the rule's params (rules/common.smk, `untracked`).
-        "device": labeler.device,
-    }
+    def load(section: dict, ref) -> tuple:
+        started = time.perf_counter()
+        options = section.get("options", {})
+        labeler = build_labeler(
+            section["labeler"], ref, resolve_device(device), allow_download, options
+        )
+        log.info(
+            "%s labeler %s loaded in %.1f s", task, ref.describe(), time.perf_counter() - started
+        )
+        provenance = {
+            "labeler": section["labeler"],
+            "model": ref.id,
+            "revision": ref.revision,
+            # Where it ran: left out of the rule's params (rules/common.smk, `untracked`).
+            "device": labeler.device,
+        }
+        return labeler, options, provenance
+
+    labeler, options, provenance = load(task_config, label_model_ref(task, task_config))
+    previews = None
+    if task_config.get("previews"):
+        previews = load(task_config["previews"], label_model_ref(task, task_config, previews=True))
     for number, image in enumerate(images, start=1):
         started = time.perf_counter()
         preview_paths = sorted(Path(image["previews"], "x0").glob("step*.png"))
@@ -230,6 +239,7 @@ def label(
             Path(image["out"]),
             provenance,
             batch_size,
+            previews,
         )
         log.info(
             "image %d/%d: labelled %s and %d previews for %s in %.1f s",

@@ -25,13 +25,23 @@ from .tasks import Task
 log = logging.getLogger(__name__)
 
 
-def label_model_ref(task: str, section: dict) -> ModelRef:
-    """The model of ``labels.tasks.<task>``, with the files its labeler reads from the folder."""
+def labeler_sections(task: str, section: dict) -> list[tuple[str, dict]]:
+    """(config key, section with ``labeler``, ``model``, ``options``) of each labeler of
+    ``labels.tasks.<task>``: the task's own and, when set, the one of its previews."""
+    sections = [(f"labels.tasks.{task}", section)]
+    if section.get("previews"):
+        sections.append((f"labels.tasks.{task}.previews", section["previews"]))
+    return sections
+
+
+def label_model_ref(task: str, section: dict, previews: bool = False) -> ModelRef:
+    """The model of ``labels.tasks.<task>`` (of its ``previews`` labeler with ``previews``),
+    with the files its labeler reads from the folder."""
+    key = f"labels.tasks.{task}"
+    if previews:
+        key, section = f"{key}.previews", section["previews"]
     return model_ref(
-        f"labels.tasks.{task}.model",
-        section["labeler"],
-        section["model"],
-        section.get("options", {}),
+        f"{key}.model", section["labeler"], section["model"], section.get("options", {})
     )
 
 
@@ -42,15 +52,16 @@ def check_labelers(tasks: dict) -> None:
     other cross-key rules in ``ldmprobe.preflight``).
     """
     problems = []
-    for task, section in tasks.items():
-        factory = LABELERS.get(section["labeler"])
-        if factory is None:
-            continue
-        try:
-            factory.configure(section.get("options", {}))
-            factory.require()
-        except (ValueError, LabelerUnavailable) as error:
-            problems.append(f"config key 'labels.tasks.{task}': {error}")
+    for task, task_section in tasks.items():
+        for key, section in labeler_sections(task, task_section):
+            factory = LABELERS.get(section["labeler"])
+            if factory is None:
+                continue
+            try:
+                factory.configure(section.get("options", {}))
+                factory.require()
+            except (ValueError, LabelerUnavailable) as error:
+                problems.append(f"config key '{key}': {error}")
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -86,6 +97,18 @@ def build_labeler(
     return LABELERS[name](ref, device=device, allow_download=allow_download, **options)
 
 
+def predict_paths(labeler: Labeler, paths: list[Path], batch_size: int) -> list[np.ndarray]:
+    """The labeler's raw map of each image file, ``batch_size`` images at a time."""
+    from PIL import Image
+
+    raw = []
+    for start in range(0, len(paths), batch_size):
+        batch = [Image.open(p).convert("RGB") for p in paths[start : start + batch_size]]
+        raw.extend(labeler.predict(batch))
+        log.info("labelled %d/%d images", min(start + batch_size, len(paths)), len(paths))
+    return raw
+
+
 def label_image(
     labeler: Labeler,
     task: Task,
@@ -95,6 +118,7 @@ def label_image(
     out_path: Path,
     provenance: dict,
     batch_size: int = 8,
+    previews: tuple[Labeler, dict, dict] | None = None,
 ) -> None:
     """Label the final image and each step's preview; one .npz with targets and raw maps.
 
@@ -103,17 +127,22 @@ def label_image(
     ``excluded``: the labeler gave no label for the final image (an all-NaN map, as the world's
     exact labeler does when its fit fails). The manifest leaves excluded images out of every
     split (``ldmprobe.dataset``). A preview without a label keeps its NaN map.
-    """
-    from PIL import Image
 
-    paths = [image_path, *preview_paths]
-    raw = []
-    for start in range(0, len(paths), batch_size):
-        batch = [Image.open(p).convert("RGB") for p in paths[start : start + batch_size]]
-        raw.extend(labeler.predict(batch))
-        log.info("labelled %d/%d images", min(start + batch_size, len(paths)), len(paths))
-    final_raw = raw[0]
-    preview_raw = np.stack(raw[1:]) if raw[1:] else np.zeros((0, *final_raw.shape), np.float32)
+    ``previews``: (labeler, options, provenance) of ``labels.tasks.<task>.previews``, which then
+    labels the previews instead (recorded under the provenance's ``previews``); None: the
+    task's labeler labels them, with the final image.
+    """
+    if previews is None:
+        raw = predict_paths(labeler, [image_path, *preview_paths], batch_size)
+        final_raw, preview_maps = raw[0], raw[1:]
+        preview_labeler, preview_options = labeler, options
+    else:
+        preview_labeler, preview_options, preview_provenance = previews
+        final_raw = predict_paths(labeler, [image_path], batch_size)[0]
+        preview_maps = predict_paths(preview_labeler, preview_paths, batch_size)
+    preview_raw = (
+        np.stack(preview_maps) if preview_maps else np.zeros((0, *final_raw.shape), np.float32)
+    )
     target_options = {**labeler.settings, **options}
     excluded = bool(np.isnan(final_raw).all())
     if excluded:
@@ -124,12 +153,16 @@ def label_image(
         "excluded": excluded,
         VERSION_KEY: package_version(),
     }
+    if previews is not None:
+        record["previews"] = {**preview_provenance, "labeler_info": preview_labeler.info}
     with atomic_file(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
             target=to_target(task, final_raw, target_options),
             raw=final_raw,
-            preview_target=to_target(task, preview_raw, target_options),
+            preview_target=to_target(
+                task, preview_raw, {**preview_labeler.settings, **preview_options}
+            ),
             preview_raw=preview_raw,
             provenance=np.array(json.dumps(record, sort_keys=True, default=str)),
         )

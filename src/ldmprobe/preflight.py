@@ -37,26 +37,28 @@ class DiskSpaceError(RuntimeError):
 
 def check_consistency(config: dict) -> None:
     """Raise ConfigError naming the key when settings contradict each other (validated config)."""
-    from .labels import LABELERS
+    from .labels import LABELERS, labeler_sections
 
     try:
         backbone = get_backbone(config["models"]["diffusion"]["backbone"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    for task, section in config["labels"]["tasks"].items():
-        key = f"labels.tasks.{task}.labeler"
-        name = section["labeler"]
-        if name not in LABELERS:
-            raise ConfigError(
-                f"config key '{key}': {name!r} is not a known labeler; allowed: {sorted(LABELERS)}"
-            )
-        makes = getattr(LABELERS[name], "tasks", ())
-        if makes and task not in makes:
-            allowed = sorted(n for n, f in LABELERS.items() if task in getattr(f, "tasks", ()))
-            raise ConfigError(
-                f"config key '{key}': labeler {name!r} makes {list(makes)} labels, not {task}; "
-                f"allowed for {task}: {allowed}"
-            )
+    for task, task_section in config["labels"]["tasks"].items():
+        for section_key, section in labeler_sections(task, task_section):
+            key = f"{section_key}.labeler"
+            name = section["labeler"]
+            if name not in LABELERS:
+                raise ConfigError(
+                    f"config key '{key}': {name!r} is not a known labeler; allowed: "
+                    f"{sorted(LABELERS)}"
+                )
+            makes = getattr(LABELERS[name], "tasks", ())
+            if makes and task not in makes:
+                allowed = sorted(n for n, f in LABELERS.items() if task in getattr(f, "tasks", ()))
+                raise ConfigError(
+                    f"config key '{key}': labeler {name!r} makes {list(makes)} labels, not "
+                    f"{task}; allowed for {task}: {allowed}"
+                )
     generation = config["generation"]
     stored = ["uncond", "cond"] if generation["cfg_half"] == "both" else [generation["cfg_half"]]
     probed = config["probe"]["cfg_half"]

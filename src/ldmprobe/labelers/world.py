@@ -96,10 +96,11 @@ class WorldNetLabeler(_TargetedLabeler):
 class WorldExactLabeler(_TargetedLabeler):
     """Exact labels of the world's images, route (a) of issue 15 (``ldmprobe.world.fit``).
 
-    The saliency map is the image's palette mask (exact); depth (as inverse depth, 1/m) and
-    shading are the re-render of the scene fitted to the image's colour blobs. An image whose
-    fit fails (no object, too many, mask IoU below ``min_iou`` or PSNR below ``min_psnr``) gets
-    an all-NaN map: it has no label, and ``ldmprobe.labels`` excludes it. The model folder
+    The saliency map is the image's palette mask, exact on any image with no fit; depth (as
+    inverse depth, 1/m) and shading are the re-render of the scene fitted to the image's colour
+    blobs. For depth and shading, an image whose fit fails (no object, too many, mask IoU below
+    ``min_iou`` or PSNR below ``min_psnr``) gets an all-NaN map: it has no label, and
+    ``ldmprobe.labels`` excludes it (``world.fit.label_kept`` decides which). The model folder
     holds the world's definition (``world.json``, written by the workflow from
     ``ldmprobe.world.scenes``); it must match the renderer's, or the labels would be of
     another world. Images are fitted at their own size (square).
@@ -130,25 +131,23 @@ class WorldExactLabeler(_TargetedLabeler):
             )
 
     def predict(self, images: list) -> np.ndarray:
-        from ..world.fit import fit_scene
+        from ..world.fit import fit_scene, label_kept
+        from ..world.scenes import palette_mask
 
         image_size(images)
+        target = self.settings["target"]
+        thresholds = (self.settings["min_iou"], self.settings["min_psnr"])
         maps = []
         for image in images:
-            fit = fit_scene(
-                np.asarray(image.convert("RGB")),
-                self.settings["min_iou"],
-                self.settings["min_psnr"],
-            )
-            maps.append(self.label_map(fit))
+            pixels = np.asarray(image.convert("RGB"))
+            # Only a task whose label needs the fit pays for it (saliency needs none).
+            fit = None if label_kept(target, None) else fit_scene(pixels, *thresholds)
+            if not label_kept(target, fit, *thresholds):
+                maps.append(np.full(pixels.shape[:2], np.nan, dtype=np.float32))
+            elif target == "saliency":
+                maps.append(palette_mask(pixels).astype(np.float32))
+            elif target == "depth":
+                maps.append((1.0 / fit.render.depth).astype(np.float32))
+            else:
+                maps.append(fit.render.shading)
         return np.stack(maps).astype(np.float32)
-
-    def label_map(self, fit) -> np.ndarray:
-        if not fit.ok:
-            return np.full(fit.mask.shape, np.nan, dtype=np.float32)
-        target = self.settings["target"]
-        if target == "saliency":
-            return fit.mask.astype(np.float32)
-        if target == "depth":
-            return (1.0 / fit.render.depth).astype(np.float32)
-        return fit.render.shading

@@ -14,7 +14,9 @@ obtained from the image alone:
 
 The fit's faithfulness is the re-render against the image: mask IoU and PSNR. A fit fails when
 the image has no object, more objects than a scene holds, or falls below the thresholds; the
-failure says why, and the image gets no label (it is excluded, never kept with a guess). The
+failure says why, and the image gets no depth or shading label (it is excluded from those tasks,
+never kept with a guess). Its saliency label needs no fit: the palette mask is exact on any
+image (``label_kept`` decides, for the labeler and the faithfulness table alike). The
 camera height is not identifiable from one image (a scene scaled about the camera looks the
 same); the nominal height is used, so depths carry at most the jitter's scale error.
 """
@@ -164,6 +166,23 @@ def fit_object(
         if iou > best_iou:
             best, best_iou = candidate, iou
     return best, best_iou
+
+
+# The tasks whose exact label is read off the image by the palette rule, with no fit.
+FIT_FREE_TASKS = frozenset({"saliency"})
+
+
+def label_kept(
+    task: str, fit: Fit | None, min_iou: float = MIN_IOU, min_psnr: float = MIN_PSNR
+) -> bool:
+    """Whether the image ``fit`` was made of has an exact ``task`` label (the ``world``
+    labeler's rule, written once): saliency, the palette mask, on any image and with no fit;
+    depth and shading only when the fit found a scene whose re-render reaches ``min_iou`` and
+    ``min_psnr``. ``fit`` None means no fit was made, so ``not label_kept(task, None)`` says
+    that the task's label needs the fit."""
+    if task in FIT_FREE_TASKS:
+        return True
+    return fit is not None and fit.scene is not None and fit.iou >= min_iou and fit.psnr >= min_psnr
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -137,12 +137,12 @@ def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
     """Route (a) on generated images: per image (``prompt_id``, ``seed``, ``path``) the fitted
     objects, the re-render's mask IoU and PSNR against the image, why the fit fails if it does,
     and per task of ``thresholds`` ({task: the ``world`` labeler's options}) whether it keeps
-    the image; and a summary (mean IoU and PSNR with bootstrap intervals, counts kept and
-    excluded per task)."""
+    the image (``fit.label_kept``, the labeler's own rule: saliency always); and a summary (mean
+    IoU and PSNR with bootstrap intervals, counts kept and excluded per task)."""
     import pandas as pd
     from PIL import Image
 
-    from .fit import MIN_IOU, MIN_PSNR, fit_scene
+    from .fit import MIN_IOU, MIN_PSNR, fit_scene, label_kept
 
     rows = []
     for image in images:
@@ -157,10 +157,11 @@ def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
             "failure": fit.failure or "",
         }
         for task, options in thresholds.items():
-            row[f"kept_{task}"] = bool(
-                fit.ok
-                and fit.iou >= options.get("min_iou", MIN_IOU)
-                and fit.psnr >= options.get("min_psnr", MIN_PSNR)
+            row[f"kept_{task}"] = label_kept(
+                options.get("target", task),
+                fit,
+                options.get("min_iou", MIN_IOU),
+                options.get("min_psnr", MIN_PSNR),
             )
         rows.append(row)
     table = pd.DataFrame(rows)
