@@ -129,6 +129,7 @@ def main(argv=None) -> None:
 
     from ldmprobe.jobs import setup_job
     from ldmprobe.models import resolve_device
+    from ldmprobe.storage import LAYOUTS
 
     setup_job(None)
     import logging
@@ -168,6 +169,8 @@ def main(argv=None) -> None:
                     "model": "sd-v1.4 full size" if options.full_size else "demo",
                     "data": kind,
                     "codec": codec,
+                    # The 8-bit values' order in the chunk (ldmprobe.storage.LAYOUTS).
+                    **({"layout": LAYOUTS[codec["quantise"]]} if codec.get("quantise") else {}),
                     "size": options.size,
                     "steps": options.steps,
                     "images": len(runs),

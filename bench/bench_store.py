@@ -226,6 +226,7 @@ def main(argv=None) -> None:
     from ldmprobe.demo_models import build_demo_model
     from ldmprobe.jobs import setup_job
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
+    from ldmprobe.storage import LAYOUTS
 
     # One thread: the records are bytes and metrics, and a shared machine's other jobs make
     # more threads slower, not faster.
@@ -307,6 +308,7 @@ def main(argv=None) -> None:
                 {
                     **common,
                     "codec": codec,
+                    "layout": LAYOUTS[name],  # the 8-bit values' order in the chunk
                     "baseline": BASELINE,
                     "tasks": TASK_SETTINGS,
                     "labels": "luminance of the final image (depth), above its median (saliency)",

@@ -172,10 +172,18 @@ def huber_rows(records, machines):
     return table(header, rows)
 
 
-def codec_name(codec: dict) -> str:
+def codec_name(codec: dict, layout: str | None = None) -> str:
+    """``int8-channel`` names its stored layout: the records made before the ``layout``
+    field (the config's, beside ``codec``) stored it token-major."""
     name = codec["name"] + (f" {codec['level']}" if "level" in codec else "")
     quantise = codec.get("quantise", "none")
+    if quantise == "int8-channel":
+        quantise += f" ({layout or 'token-major'})"
     return name if quantise == "none" else f"{quantise} + {name}"
+
+
+def record_codec(config: dict) -> str:
+    return codec_name(config["codec"], config.get("layout"))
 
 
 def store_set_rows(records, machines):
@@ -188,7 +196,7 @@ def store_set_rows(records, machines):
             [
                 machines.ref(r),
                 f"{c['model']}, {c['size']} px, {c['steps']} steps",
-                codec_name(c["codec"]),
+                record_codec(c),
                 f"{steps} and the controls",
                 c["images"],
                 f"{x['all_bytes_per_image'] / 1e6:.2f}",
@@ -217,7 +225,7 @@ def codec_metric_rows(records, machines):
             [
                 machines.ref(r),
                 f"{c['model']}, {c['size']} px, {c['steps']} steps",
-                codec_name(c["codec"]),
+                record_codec(c),
                 c["images"],
                 f"{x['baseline_bytes_per_image'] / 1e6:.3f}",
                 f"{x['bytes_per_image'] / 1e6:.3f}",
@@ -247,13 +255,15 @@ def codec_metric_rows(records, machines):
 
 
 def codec_cell_rows(records, machines):
-    """Every (layer, step) of the latest record of each codec: the change of each metric."""
+    """Every (layer, step) of the latest record of each codec (of any layout: the values read
+    back are the same): the change of each metric."""
     latest = {}
     for r in records:
-        latest[codec_name(r["config"]["codec"])] = r
+        latest[str(sorted(r["config"]["codec"].items()))] = r
     metrics = ["saliency dice", "depth spearman", "depth pearson", "depth rmse"]
     rows = []
-    for name, r in latest.items():
+    for r in latest.values():
+        name = record_codec(r["config"])
         changes = {}
         for cell in r["results"]["cells"]:
             key = (cell["layer"], cell["step"])
@@ -287,7 +297,7 @@ def storage_rows(records, machines):
     rows = []
     for r in records:
         c, x = r["config"], r["results"]
-        codec = codec_name(c["codec"])
+        codec = record_codec(c)
         rows.append(
             [
                 machines.ref(r),

@@ -6,7 +6,9 @@ from ldmprobe.storage import (
     ActivationWriter,
     StoreError,
     create_store,
+    dequantise,
     open_store,
+    quantise,
     read_chunk,
     write_chunk,
 )
@@ -62,6 +64,68 @@ def test_8bit_values_are_dequantised_on_read(tmp_path, scheme, scale_shape):
         # Half a step of 8 bits, plus float16's own rounding of the dequantised value.
         assert np.all(error <= half_step + np.abs(original) * 2**-10 + 1e-6)
     assert np.array_equal(read_chunk(reopened, "a", 1, path)[9], np.zeros(32, np.float16))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "layout", "stored_shape"),
+    [("int8-token", "token-major", (3, 48, 24)), ("int8-channel", "channel-major", (3, 24, 48))],
+)
+def test_8bit_layout_round_trips_exactly(tmp_path, scheme, layout, stored_shape):
+    """int8-channel stores its values channel-major ([steps, channels, tokens]: transposed),
+    int8-token token-major, each recorded in the array's ``layout``; either way read_chunk
+    returns exactly quantise -> dequantise of the written [tokens, channels] values."""
+    generator = np.random.default_rng(2)
+    values = generator.standard_normal((3, 48, 24)).astype(np.float16)
+    values[:, :, 3] *= 30  # channels of different magnitudes tell the layouts apart
+    path = tmp_path / "s.zarr"
+    codec = {"name": "blosc-zstd", "level": 3, "quantise": scheme}
+    group = create_store(path, {"a": (values.shape, "float16")}, codec)
+    for step in range(3):
+        write_chunk(group, "a", step, values[step])
+    reopened = open_store(path)
+    assert reopened["a"].attrs["layout"] == layout
+    assert reopened["a"].shape == stored_shape and reopened["a"].chunks == (1, *stored_shape[1:])
+    for step in range(3):
+        expected_values, expected_scale = quantise(values[step], scheme)
+        stored = reopened["a"][step]
+        # The stored int8 chunk is the quantised values, transposed for channel-major.
+        assert np.array_equal(
+            stored, expected_values.T if layout == "channel-major" else expected_values
+        )
+        chunk = read_chunk(reopened, "a", step, path)
+        assert chunk.shape == (48, 24) and chunk.flags.c_contiguous
+        assert np.array_equal(chunk, dequantise(expected_values, expected_scale))
+
+
+def test_8bit_stores_without_layout_read_token_major(tmp_path):
+    """A store written before the ``layout`` attribute (token-major int8-channel) still reads;
+    an unknown layout is refused rather than misread."""
+    values = np.random.default_rng(3).standard_normal((2, 8, 4)).astype(np.float16)
+    path = tmp_path / "s.zarr"
+    codec = {"name": "zstd", "level": 1, "quantise": "int8-channel"}
+    group = create_store(path, {"a": (values.shape, "float16")}, codec)
+    import zarr
+
+    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    old.create_array(
+        "a",
+        shape=values.shape,
+        chunks=(1, 8, 4),
+        dtype="int8",
+        attributes={"quantise": "int8-channel"},
+    )
+    old.create_array("scales/a", shape=(2, 1, 4), chunks=(1, 1, 4), dtype="float16")
+    for step in range(2):
+        write_chunk(group, "a", step, values[step])
+        quantised, scale = quantise(values[step], "int8-channel")
+        old["a"][step] = quantised
+        old["scales/a"][step] = scale
+    for store in (path, tmp_path / "old.zarr"):
+        chunk = read_chunk(open_store(store), "a", 1, store)
+        assert np.array_equal(chunk, dequantise(*quantise(values[1], "int8-channel")))
+    old["a"].attrs["layout"] = "diagonal"
+    with pytest.raises(StoreError, match=r"unknown layout 'diagonal'"):
+        read_chunk(open_store(tmp_path / "old.zarr"), "a", 1, tmp_path / "old.zarr")
 
 
 def test_unstored_steps_are_not_written_and_say_so(tmp_path):

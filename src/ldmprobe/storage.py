@@ -9,8 +9,13 @@ chunks are absent, and the array's ``stored_steps`` attribute lists the ones tha
 Activations are float16, or 8-bit with ``generation.codec.quantise`` (``int8-token``: one
 scale per token, ``int8-channel``: one per channel, each the absolute maximum / 127, symmetric):
 the int8 values under the array's own path, the float16 scales beside them under
-``scales/<path>``, chunked per step alike. ``write_chunk`` quantises and ``read_chunk``
-dequantises (to float16): the only two places that know.
+``scales/<path>``, chunked per step alike. The int8 values of ``int8-channel`` are stored
+channel-major ([steps, channels, tokens]: each channel's values, of one scale and similar
+magnitude, contiguous in the chunk, which compresses them better), those of ``int8-token``
+token-major ([steps, tokens, channels], as float16); the array's ``layout`` attribute says
+which (absent: token-major, the stores written before the attribute). ``write_chunk``
+quantises (and transposes) and ``read_chunk`` dequantises to float16 [tokens, channels]: the
+only two places that know.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from .io import pause_point, rerun_advice
 # generation.codec.quantise: the axis over which one scale is shared (tokens, channels).
 QUANTISERS = {"none": None, "int8-token": -1, "int8-channel": 0}
 INT8_MAX = 127
+# The order of an 8-bit array's dimensions after the step (its ``layout`` attribute).
+TOKEN_MAJOR, CHANNEL_MAJOR = "token-major", "channel-major"
+LAYOUTS = {"int8-token": TOKEN_MAJOR, "int8-channel": CHANNEL_MAJOR}
 
 
 class StoreError(RuntimeError):
@@ -55,7 +63,9 @@ def quantise(values: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantise(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return (values.astype(np.float32) * scale.astype(np.float32)).astype(np.float16)
+    """int8 values [tokens, channels] (any memory order) times their scales: float16, C-order."""
+    product = values.astype(np.float32) * scale.astype(np.float32)
+    return np.ascontiguousarray(product.astype(np.float16))
 
 
 def make_codecs(codec: dict, typesize: int = 2) -> dict:
@@ -174,6 +184,9 @@ def create_store(
             )
             continue
         attributes["quantise"] = scheme
+        attributes["layout"] = LAYOUTS[scheme]
+        if attributes["layout"] == CHANNEL_MAJOR:
+            shape, chunks = (shape[0], *shape[1:][::-1]), (1, *chunks[1:][::-1])
         group.create_array(
             name,
             shape=shape,
@@ -183,7 +196,7 @@ def create_store(
             **make_codecs(codec, 1),
         )
         # Per step, the shape of quantise()'s scales for a [tokens, channels] chunk.
-        step_shape = list(shape[1:])
+        step_shape = list(arrays[name][0][1:])
         step_shape[QUANTISERS[scheme]] = 1
         scale_shape = (shape[0], *step_shape)
         group.create_array(
@@ -205,7 +218,16 @@ def write_chunk(group, path: str, step: int, values: np.ndarray) -> None:
         return
     quantised, scale = quantise(values, scheme)
     group[scales_path(path)][step] = scale
-    array[step] = quantised
+    array[step] = quantised.T if layout(array) == CHANNEL_MAJOR else quantised
+
+
+def layout(array) -> str:
+    """The 8-bit ``array``'s layout (``token-major`` where the attribute is absent: stores
+    written before it); an unknown one raises, so a reader never misreads the values."""
+    name = array.attrs.get("layout", TOKEN_MAJOR)
+    if name not in (TOKEN_MAJOR, CHANNEL_MAJOR):
+        raise ValueError(f"8-bit array {array.path!r} has an unknown layout {name!r}")
+    return name
 
 
 def open_store(path: str | Path, producer: str = "generate"):
@@ -241,6 +263,8 @@ def read_chunk(
         values = array[step]
         scheme = array.attrs.get("quantise")
         scale = None if scheme is None else group[scales_path(path)][step]
+        if scheme is not None and layout(array) == CHANNEL_MAJOR:
+            values = values.T  # [channels, tokens] -> [tokens, channels]
     except Exception as error:
         raise StoreError(
             f"activation store {store_path} is corrupt: cannot read {path!r} step {step} "
