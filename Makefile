@@ -15,9 +15,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# The demo is the known-answer world study at demo size (config/world-demo.yaml);
+# `make demo DEMO_CONFIG=config/demo.yaml` runs every stage on random-weight models instead.
+DEMO_CONFIG ?= config/world-demo.yaml
+
 demo: install
-	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml
-	$(SNAKEMAKE) --configfile config/demo.yaml --report results/report.html
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(DEMO_CONFIG)
+	$(SNAKEMAKE) --configfile $(DEMO_CONFIG) --report results/report.html
 
 # Retrains every model of the known-answer world from scratch into world/weights: the latent
 # diffusion model (rules/world.smk), the labelers, classifier and exact labels' world definition

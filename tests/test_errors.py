@@ -26,7 +26,7 @@ def test_ids_unsafe_as_paths_are_rejected_with_their_line(tmp_path, prompt_id):
         load_prompts({"files": [{"path": str(table)}]})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "world.yaml", "world-demo.yaml"])
 def test_shipped_configs_are_consistent(name):
     check_consistency(validate_config(yaml.safe_load((REPO / "config" / name).read_text())))
 

@@ -17,7 +17,14 @@ TINY = {
     "heldout_images": 2,
     "checkpoint_every": 2,
     "log_every": 1,
-    "vae": {"steps": 4, "batch": 2, "crop": 16, "channels": [8, 16, 16]},
+    "vae": {
+        "steps": 4,
+        "batch": 2,
+        "crop": 16,
+        "channels": [8, 16, 16],
+        "object_weight": 3.0,
+        "mid_attention": True,
+    },
     "diffusion": {"steps": 4, "batch": 4, "channels": [16, 32, 32], "text_layers": 1},
 }
 
@@ -45,6 +52,17 @@ def test_recipe_names_unknown_keys():
     with pytest.raises(ValueError, match="sizes"):
         train.Recipe.from_dict({"sizes": 3})
     assert train.Recipe.from_dict({"vae": {"channels": [8, 16]}}).vae.channels == (8, 16)
+
+
+def test_object_weight_and_mid_attention_reach_the_vae():
+    recipe = train.Recipe.from_dict(TINY)
+    vae = train.build_vae(recipe)
+    assert vae.config.mid_block_add_attention
+    assert vae.decoder.mid_block.attentions[0] is not None
+    plain = train.build_vae(
+        train.Recipe.from_dict({**TINY, "vae": {**TINY["vae"], "mid_attention": False}})
+    )
+    assert plain.decoder.mid_block.attentions[0] is None
 
 
 def test_every_caption_word_is_one_token_and_any_text_tokenizes():

@@ -147,3 +147,15 @@ def test_captions_follow_the_sampled_scenes(dataset):
         for obj in scene.objects:
             assert f"{obj.colour} {obj.shape}" in text
     assert len({caption(s) for s in scenes}) > len(scenes) // 2
+
+
+def test_rendering_in_worker_processes_gives_the_same_arrays():
+    # 512 scenes: two workers (one per 256 scenes), each rendering every other scene.
+    from ldmprobe.world.scenes import render_dataset
+
+    one_scenes, one = render_dataset(3, 512, 16)
+    two_scenes, two = render_dataset(3, 512, 16, processes=2)
+    assert one_scenes == two_scenes
+    assert one.keys() == two.keys()
+    for field in one:
+        np.testing.assert_array_equal(one[field], two[field], err_msg=field)

@@ -277,6 +277,7 @@ def _load_average() -> tuple[float, ...]:
 
 
 def build_vae(recipe: Recipe):
+    ensure_torchvision_importable()
     from diffusers import AutoencoderKL
 
     channels = recipe.vae.channels
@@ -474,6 +475,7 @@ def build_text_encoder(recipe: Recipe, tokenizer):
 
 
 def build_unet(recipe: Recipe, latent_size: int):
+    ensure_torchvision_importable()
     from diffusers import UNet2DConditionModel
 
     d = recipe.diffusion
