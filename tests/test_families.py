@@ -286,3 +286,28 @@ def test_reference_config_of_each_family_is_valid(name):
     config = load_config(REPO / "config" / f"{name}.yaml")
     check_consistency(config)
     assert config["models"]["diffusion"]["backbone"] in BACKBONES
+
+
+@pytest.mark.parametrize("kind", ["stable-diffusion", *sorted(TINY)])
+def test_layer_discovery_calls_a_half_precision_denoiser_with_its_own_dtype(
+    kind, family_models, tmp_path
+):
+    # Generation discovers the layers with a call of the loaded denoiser; on a GPU the study
+    # loads it in float16, which refuses float32 inputs (bench_dump --full-size on an H200
+    # stopped there). bfloat16 runs on the CPU.
+    import torch
+
+    from ldmprobe.demo_models import build_demo_model
+
+    folder = family_models / kind
+    if kind == "stable-diffusion":
+        folder = tmp_path / kind
+        build_demo_model(kind, folder, seed=0)
+    backbone = TINY[kind][0] if kind in TINY else "stable-diffusion"
+    ref = ModelRef("models.diffusion", str(folder))
+    pipe = load_diffusion_pipeline(ref, "euler", "float32", "cpu", backbone=backbone)
+    adapter = backbone_of(pipe)
+    denoiser = adapter.denoiser(pipe)
+    full = [layer.to_dict() for layer in discover_layers(adapter, denoiser, 8, 8)]
+    half = discover_layers(adapter, denoiser.to(torch.bfloat16), 8, 8)
+    assert [layer.to_dict() for layer in half] == full

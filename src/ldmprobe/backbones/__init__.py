@@ -307,6 +307,13 @@ def prompt_tokens(tokenizer, prompt: str, limit: int, encoder: str) -> dict:
     return {"prompt_tokens": count, "prompt_truncated": count > limit}
 
 
+def weights_like(denoiser) -> dict:
+    """The device and dtype of the denoiser's weights, for the inputs of a call made outside
+    its pipeline (layer discovery): a float16 model on a GPU refuses float32 inputs."""
+    weight = next(denoiser.parameters())
+    return {"device": weight.device, "dtype": weight.dtype}
+
+
 from . import (  # noqa: E402, F401
     flux,
     pixart,

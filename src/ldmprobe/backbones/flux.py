@@ -31,6 +31,7 @@ from . import (
     load_on_meta,
     prompt_tokens,
     register,
+    weights_like,
 )
 
 _PATH = re.compile(r"^(?P<stream>single_transformer|transformer)_blocks\.(?P<index>\d+)\.attn$")
@@ -106,19 +107,17 @@ class Flux(FlowMatching, WholeCallReplay, Backbone):
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch
 
-        device = next(denoiser.parameters()).device
+        like = weights_like(denoiser)
         config = denoiser.config
         tokens = (latent_height // 2) * (latent_width // 2)
         denoiser(
-            hidden_states=torch.zeros(1, tokens, config.in_channels, device=device),
-            encoder_hidden_states=torch.zeros(
-                1, TEXT_TOKENS, config.joint_attention_dim, device=device
-            ),
-            pooled_projections=torch.zeros(1, config.pooled_projection_dim, device=device),
-            timestep=torch.ones(1, device=device),
-            img_ids=torch.zeros(tokens, 3, device=device),
-            txt_ids=torch.zeros(TEXT_TOKENS, 3, device=device),
-            guidance=torch.ones(1, device=device) if config.guidance_embeds else None,
+            hidden_states=torch.zeros(1, tokens, config.in_channels, **like),
+            encoder_hidden_states=torch.zeros(1, TEXT_TOKENS, config.joint_attention_dim, **like),
+            pooled_projections=torch.zeros(1, config.pooled_projection_dim, **like),
+            timestep=torch.ones(1, **like),
+            img_ids=torch.zeros(tokens, 3, **like),
+            txt_ids=torch.zeros(TEXT_TOKENS, 3, **like),
+            guidance=torch.ones(1, **like) if config.guidance_embeds else None,
         )
 
     def batch_halves(self, guidance_scale: float) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from . import (
     load_on_meta,
     prompt_tokens,
     register,
+    weights_like,
 )
 
 _PATH = re.compile(r"^transformer_blocks\.(?P<index>\d+)\.attn1$")
@@ -73,18 +74,18 @@ class PixArt(WholeCallReplay, Backbone):
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch
 
-        device = next(denoiser.parameters()).device
+        like = weights_like(denoiser)
         config = denoiser.config
         conditions = {"resolution": None, "aspect_ratio": None}
         if denoiser.use_additional_conditions:  # PixArt-α at 1024 px
             conditions = {
-                "resolution": torch.ones(1, 2, device=device),
-                "aspect_ratio": torch.ones(1, 1, device=device),
+                "resolution": torch.ones(1, 2, **like),
+                "aspect_ratio": torch.ones(1, 1, **like),
             }
         denoiser(
-            torch.zeros(1, config.in_channels, latent_height, latent_width, device=device),
-            encoder_hidden_states=torch.zeros(1, 8, config.caption_channels, device=device),
-            timestep=torch.ones(1, device=device),
+            torch.zeros(1, config.in_channels, latent_height, latent_width, **like),
+            encoder_hidden_states=torch.zeros(1, 8, config.caption_channels, **like),
+            timestep=torch.ones(1, **like),
             added_cond_kwargs=conditions,
         )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..compat import ensure_torchvision_importable
 from ..trace import Point
-from . import Backbone, Estimate, register
+from . import Backbone, Estimate, register, weights_like
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,12 @@ class StableDiffusion(Backbone):
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch
 
-        device = next(denoiser.parameters()).device
+        like = weights_like(denoiser)
         config = denoiser.config
         denoiser(
-            torch.zeros(1, config.in_channels, latent_height, latent_width, device=device),
-            torch.tensor(1, device=device),
-            encoder_hidden_states=torch.zeros(1, 77, config.cross_attention_dim, device=device),
+            torch.zeros(1, config.in_channels, latent_height, latent_width, **like),
+            torch.tensor(1, **like),
+            encoder_hidden_states=torch.zeros(1, 77, config.cross_attention_dim, **like),
         )
 
     def prompt_length(self, pipe, prompt: str) -> dict:

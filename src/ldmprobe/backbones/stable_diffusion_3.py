@@ -24,6 +24,7 @@ from . import (
     load_on_meta,
     prompt_tokens,
     register,
+    weights_like,
 )
 
 _PATH = re.compile(r"^transformer_blocks\.(?P<index>\d+)\.attn$")
@@ -72,15 +73,13 @@ class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch
 
-        device = next(denoiser.parameters()).device
+        like = weights_like(denoiser)
         config = denoiser.config
         denoiser(
-            hidden_states=torch.zeros(
-                1, config.in_channels, latent_height, latent_width, device=device
-            ),
-            encoder_hidden_states=torch.zeros(1, 8, config.joint_attention_dim, device=device),
-            pooled_projections=torch.zeros(1, config.pooled_projection_dim, device=device),
-            timestep=torch.ones(1, device=device),
+            hidden_states=torch.zeros(1, config.in_channels, latent_height, latent_width, **like),
+            encoder_hidden_states=torch.zeros(1, 8, config.joint_attention_dim, **like),
+            pooled_projections=torch.zeros(1, config.pooled_projection_dim, **like),
+            timestep=torch.ones(1, **like),
         )
 
     def prompt_length(self, pipe, prompt: str) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import WholeCallReplay, load_named_pipeline, prompt_tokens, register
+from . import WholeCallReplay, load_named_pipeline, prompt_tokens, register, weights_like
 from . import stable_diffusion as sd
 
 _TRANSFORMER = re.compile(r"\.t\d+$")
@@ -41,18 +41,18 @@ class StableDiffusionXL(WholeCallReplay, sd.StableDiffusion):
     def discovery_call(self, denoiser, latent_height: int, latent_width: int) -> None:
         import torch
 
-        device = next(denoiser.parameters()).device
+        like = weights_like(denoiser)
         config = denoiser.config
         pooled = config.projection_class_embeddings_input_dim - (
             TIME_IDS * config.addition_time_embed_dim
         )
         denoiser(
-            torch.zeros(1, config.in_channels, latent_height, latent_width, device=device),
-            torch.tensor(1, device=device),
-            encoder_hidden_states=torch.zeros(1, 77, config.cross_attention_dim, device=device),
+            torch.zeros(1, config.in_channels, latent_height, latent_width, **like),
+            torch.tensor(1, **like),
+            encoder_hidden_states=torch.zeros(1, 77, config.cross_attention_dim, **like),
             added_cond_kwargs={
-                "text_embeds": torch.zeros(1, pooled, device=device),
-                "time_ids": torch.zeros(1, TIME_IDS, device=device),
+                "text_embeds": torch.zeros(1, pooled, **like),
+                "time_ids": torch.zeros(1, TIME_IDS, **like),
             },
         )
 
