@@ -84,7 +84,7 @@ def test_generation_and_one_probe_cell_on_a_tiny_family_model(kind, tmp_path):
     assert layer in [entry["name"] for entry in meta["layers"]]
 
 
-@pytest.mark.parametrize("name", ["config", "sdxl", "pixart", "sd3", "flux"])
+@pytest.mark.parametrize("name", ["config", "sdxl", "pixart", "sd3", "flux", "world", "world-demo"])
 def test_reference_config_dry_run_builds_the_dag_without_weights(name, tmp_path):
     """`snakemake -n --configfile config/<family>.yaml` on a machine without the weights: the
     DAG up to the layer table, and the models a real run needs, named."""
