@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ldmprobe.backbones import get_backbone
 from ldmprobe.batches import batch_paths, image_batches, table_order
 from ldmprobe.config import ConfigError, probe_settings, validate_config
-from ldmprobe.labels import check_labelers, label_model_ref
+from ldmprobe.labels import check_labelers, label_model_ref, task_reads_record
 from ldmprobe.models import (
     DamagedModelError,
     MissingModelError,
@@ -216,7 +216,9 @@ class ImageStage:
     .smk; rules/images.smk makes its rules, one wildcard rule per image with images_per_job 1,
     else one rule per batch. ``inputs`` and ``outputs`` are per-image path patterns (those in
     ``directories`` are folders); ``model`` is the model input, as is; ``fields(prompt_id,
-    seed)`` gives each image's entry of the rule's ``images`` param; ``settings`` are the rest
+    seed)`` gives each image's entry of the rule's ``images`` param; ``optional_inputs``
+    maps a name to (pattern, wanted): an input only of the jobs whose wildcards ``wanted``
+    accepts, so the other jobs' input sets (which Snakemake reruns on) stay as they were; ``settings`` are the rest
     of its params; ``entry_point`` is its script under scripts/. (Field names avoid Snakemake's keywords, which snakefmt reads as such.)
     """
 
@@ -232,11 +234,14 @@ class ImageStage:
     inputs: dict = field(default_factory=dict)
     model: object = ()
     directories: tuple = ()
+    optional_inputs: dict = field(default_factory=dict)
 
     def input_files(self, batch):
         files = {
             name: image_files(pattern, batch) for name, pattern in self.inputs.items()
         }
+        for name, (pattern, wanted) in self.optional_inputs.items():
+            files[name] = optional_files(image_files(pattern, batch), wanted)
         return {**files, "model": self.model}
 
     def output_files(self, batch):
@@ -265,6 +270,16 @@ def image_rules(stage, keys):
 def image_files(pattern, batch):
     """A per-image path pattern: as is for the wildcard rule, else one path per image."""
     return pattern if batch is None else batch_paths(pattern, batch)
+
+
+def optional_files(files, wanted):
+    """An input function: ``files`` (a per-image pattern or a batch's paths) for the jobs whose
+    wildcards ``wanted`` accepts, nothing for the others."""
+
+    def inputs(wildcards):
+        return expand(files, **wildcards) if wanted(wildcards) else []
+
+    return inputs
 
 
 def image_log(folder, batch):

@@ -96,10 +96,12 @@ rule world_fit_faithfulness:
             {"prompt_id": p, "seed": s}
             for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
         ],
+        # The tasks labelled by the fit (not those of scene: render, route (b), none excluded).
         thresholds={
             task: section.get("options", {})
             for task, section in CONFIG["labels"]["tasks"].items()
             if section["labeler"] == "world"
+            and section.get("options", {}).get("scene", "fit") == "fit"
         },
     script:
         "../scripts/world_fit.py"

@@ -13,5 +13,7 @@ jobs.label(
         image=snakemake.input.image,
         previews=snakemake.input.previews,
         out=snakemake.output.labels,
+        # Only for a labeler that reads each image's generation record (rules/labels.smk).
+        **({"meta": snakemake.input.meta} if snakemake.input.get("meta") else {}),
     ),
 )

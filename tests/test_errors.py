@@ -26,9 +26,60 @@ def test_ids_unsafe_as_paths_are_rejected_with_their_line(tmp_path, prompt_id):
         load_prompts({"files": [{"path": str(table)}]})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "world.yaml", "world-demo.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "demo.yaml", "world.yaml", "world-demo.yaml", "world-inversion.yaml"]
+)
 def test_shipped_configs_are_consistent(name):
     check_consistency(validate_config(yaml.safe_load((REPO / "config" / name).read_text())))
+
+
+def test_route_b_config_is_route_a_started_from_renders():
+    """config/world-inversion.yaml: config/world.yaml's study started from the inverted
+    renders of its rows' scenes, every task labelled by their render, its own results."""
+    from ldmprobe.labels import task_reads_record
+    from ldmprobe.world.prompts import prompt_rows
+
+    route_a = validate_config(yaml.safe_load((REPO / "config" / "world.yaml").read_text()))
+    route_b = validate_config(
+        yaml.safe_load((REPO / "config" / "world-inversion.yaml").read_text())
+    )
+    start = route_b["generation"]["start"]
+    assert start == {"kind": "world-inversion", "data_seed": 1}
+    assert route_b["results"] != route_a["results"]
+    assert not route_b["intervention"]["enabled"]
+    # Guidance 1: the inversion's own, so the sampler retraces it.
+    assert route_b["generation"]["guidance_scale"] == 1.0
+    for key in ("prompts", "models", "probe", "metrics", "controls", "world"):
+        assert route_b[key] == route_a[key], key
+    differs = {"start", "guidance_scale"}
+    assert {k: v for k, v in route_b["generation"].items() if k not in differs} == {
+        k: v for k, v in route_a["generation"].items() if k not in differs
+    }
+    tasks = route_b["labels"]["tasks"]
+    assert list(tasks) == list(route_a["labels"]["tasks"])
+    for task, section in tasks.items():
+        assert section["options"] == {"target": task, "scene": "render"}
+        assert "previews" not in section and task_reads_record(task, section)
+    # Every row is the scene its seed names, of the start's data seed: the labeler's check.
+    table = load_prompts(route_b["prompts"], REPO)
+    rows = {row["seed"]: row for row in prompt_rows(start["data_seed"], len(table))}
+    for prompt_id, seed, prompt in zip(table.prompt_id, table.seed, table.prompt, strict=True):
+        assert (rows[seed]["prompt_id"], rows[seed]["prompt"]) == (prompt_id, prompt)
+
+
+def test_route_b_labels_need_route_b_generation():
+    config = yaml.safe_load((REPO / "config" / "world-inversion.yaml").read_text())
+    config["generation"]["start"] = {"kind": "noise"}
+    with pytest.raises(
+        ConfigError,
+        match=r"'labels.tasks.depth.options': labeler 'world' with options .*'scene': "
+        r"'render'.* generation.start 'world-inversion', but generation.start.kind is 'noise'",
+    ):
+        check_consistency(validate_config(config))
+    config = yaml.safe_load((REPO / "config" / "world-inversion.yaml").read_text())
+    config["generation"]["scheduler"] = "lms"
+    with pytest.raises(ConfigError, match=r"'generation.scheduler': 'lms'.*allowed: \['ddim'\]"):
+        check_consistency(validate_config(config))
 
 
 @pytest.mark.parametrize(

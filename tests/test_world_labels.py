@@ -1,10 +1,13 @@
-"""Exact labels of the world's images (route (a)): the fit recovers rendered scenes, refuses
-what is not a scene of this world, and an image it refuses is excluded from the manifest."""
+"""Exact labels of the world's images. Route (a): the fit recovers rendered scenes, refuses
+what is not a scene of this world, and an image it refuses is excluded from the manifest.
+Route (b): an image generated from the inversion of a render is labelled, with its previews,
+by that render, the scene named by the generation's record."""
 
 from __future__ import annotations
 
 import collections
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -305,3 +308,177 @@ def test_label_job_takes_the_previews_labels_from_the_previews_labeler(tmp_path,
     jobs.label("depth", section, False, "cpu", 2, paths)
     assert np.isnan(load_label(out)["preview_raw"][0]).all()
     assert "previews" not in load_provenance(out)
+
+
+# Route (b): scene 3 of data seed 1 (config/world_prompts.csv's row scene0003), generated from
+# the inversion of its render; the `world` labeler with scene: render labels it from the record.
+START = {"kind": "world-inversion", "data_seed": 1}
+ROW = ("scene0003", 3)
+
+
+def _route_b_scene():
+    from ldmprobe.world.scenes import sample_scene, scene_rng
+
+    return sample_scene(scene_rng(START["data_seed"], ROW[1]))
+
+
+@pytest.fixture(scope="module")
+def route_b(tmp_path_factory, demo_models):
+    """Two generations by the demo pipeline (random weights, DDIM, 64 px, 3 steps) of row
+    scene0003: one started from the inversion of its render, one from Gaussian noise."""
+    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.models import load_diffusion_pipeline
+    from ldmprobe.world.scenes import caption
+
+    ref = ModelRef("models.diffusion", str(demo_models / "stable-diffusion"))
+    pipe = load_diffusion_pipeline(ref, "ddim", "float32", "cpu")
+    root = tmp_path_factory.mktemp("route-b")
+    folders = {}
+    for name, start in (("inverted", START), ("noise", None)):
+        settings = GenerationSettings(
+            height=SIZE,
+            width=SIZE,
+            steps=3,
+            guidance_scale=1.0,
+            halves=(),
+            codec={"name": "none"},
+            start=start,
+        )
+        folder = root / name
+        paths = [folder / p for p in ("image.png", "previews", "store.zarr", "meta.json")]
+        generate(pipe, caption(_route_b_scene()), ROW[1], settings, *paths, {"model": "demo"})
+        folders[name] = folder
+    return folders
+
+
+def _render_section(spec_dir, task, **options):
+    return {
+        "labeler": "world",
+        "model": {"id": str(spec_dir)},
+        "options": {"target": task, "scene": "render", **options},
+    }
+
+
+def _label_job(task, section, folder, out, meta=True):
+    from ldmprobe import jobs
+
+    entry = {
+        "prompt_id": ROW[0],
+        "seed": ROW[1],
+        "image": str(folder / "image.png"),
+        "previews": str(folder / "previews"),
+        "out": str(out),
+    }
+    if meta:
+        entry["meta"] = str(folder / "meta.json")
+    jobs.label(task, section, False, "cpu", 2, [entry])
+    return load_label(out)
+
+
+def test_the_generation_records_its_start(route_b):
+    inverted = json.loads((route_b["inverted"] / "meta.json").read_text())
+    assert inverted["start"] == START
+    # Gaussian noise: the record is as before, with no start.
+    assert "start" not in json.loads((route_b["noise"] / "meta.json").read_text())
+
+
+@pytest.mark.parametrize("task", ["saliency", "depth", "shading"])
+def test_render_labels_the_final_image_and_every_preview(tmp_path, route_b, spec_dir, task):
+    """Route (b): the label of the image and of each step's preview is the render of the scene
+    the generation started from, exactly, whatever was drawn (random weights here)."""
+    from ldmprobe.labels import load_provenance
+
+    truth = render(_route_b_scene(), SIZE)
+    expected = {
+        "saliency": truth.mask.astype(np.float32),
+        "depth": (1.0 / truth.depth).astype(np.float32),  # inverse depth, 1/m, as route (a)
+        "shading": truth.shading,
+    }[task]
+    out = tmp_path / "label.npz"
+    label = _label_job(task, _render_section(spec_dir, task), route_b["inverted"], out)
+    assert label["raw"].dtype == np.float32
+    np.testing.assert_array_equal(label["raw"], expected)
+    assert label["preview_raw"].shape == (3, SIZE, SIZE)
+    for preview in label["preview_raw"]:
+        np.testing.assert_array_equal(preview, expected)
+    target = truth.mask.astype(np.float32) if task == "saliency" else expected
+    np.testing.assert_array_equal(label["target"], target)
+    np.testing.assert_array_equal(label["preview_target"], np.stack([target] * 3))
+    provenance = load_provenance(out)
+    assert not provenance["excluded"]  # nothing is excluded
+    assert provenance["labeler_info"]["options"]["scene"] == "render"
+    # The fit, route (a), labels what was drawn: random weights draw no scene of this world.
+    fitted = _labeler(spec_dir, task).predict([Image.open(route_b["inverted"] / "image.png")])
+    assert not np.array_equal(fitted[0], expected)
+
+
+def test_render_refuses_a_row_whose_prompt_is_not_the_scenes_caption(tmp_path, route_b, spec_dir):
+    from ldmprobe.world.scenes import caption, sample_scene, scene_rng
+
+    folder = tmp_path / "gen"
+    shutil.copytree(route_b["inverted"], folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    other = caption(sample_scene(scene_rng(1, 4)))
+    assert other != meta["prompt"]
+    (folder / "meta.json").write_text(json.dumps({**meta, "prompt": other}))
+    section = _render_section(spec_dir, "depth")
+    with pytest.raises(
+        ValueError,
+        match=r"row scene0003 \(seed 3\).*: the prompt .* is not the caption of scene 3 of data "
+        r"seed 1",
+    ):
+        _label_job("depth", section, folder, tmp_path / "label.npz")
+    # An image generated from noise has no scene to render, nor has a job without the record.
+    with pytest.raises(ValueError, match=r"row scene0003 \(seed 3\).*started from 'noise'"):
+        _label_job("depth", section, route_b["noise"], tmp_path / "label.npz")
+    with pytest.raises(ValueError, match="needs the generation's record"):
+        _label_job("depth", section, route_b["inverted"], tmp_path / "label.npz", meta=False)
+    assert not (tmp_path / "label.npz").exists()
+    with pytest.raises(ValueError, match="option 'scene' is one of"):
+        _label_job("depth", _render_section(spec_dir, "depth", scene="exact"), folder, "x.npz")
+
+
+def test_fit_is_the_default_and_ignores_the_record(tmp_path, renders, spec_dir):
+    """scene: fit (the default) labels the pixels, route (a), as before: the same maps with or
+    without the generation's record, and with the option spelled out."""
+    _, arrays = renders
+    folder = tmp_path / "gen"
+    (folder / "previews" / "x0").mkdir(parents=True)
+    Image.fromarray(arrays["image"][5]).save(folder / "image.png")
+    Image.fromarray(arrays["image"][6]).save(folder / "previews" / "x0" / "step000.png")
+    Image.fromarray(generated_looking_misfit(arrays)).save(folder / "previews/x0/step001.png")
+    (folder / "meta.json").write_text(json.dumps({"prompt": "x", "seed": 3, "start": START}))
+    exact = _labeler(spec_dir, "depth")
+    assert exact.settings["scene"] == "fit"
+    images = [Image.open(folder / "image.png")]
+    images += [Image.open(p) for p in sorted((folder / "previews" / "x0").glob("*.png"))]
+    expected = exact.predict(images)
+    assert np.isnan(expected[2]).all() and np.isfinite(expected[:2]).all()
+    section = {"labeler": "world", "model": {"id": str(spec_dir)}, "options": {"target": "depth"}}
+    plain = _label_job("depth", section, folder, tmp_path / "plain.npz", meta=False)
+    with_record = _label_job("depth", section, folder, tmp_path / "record.npz")
+    section["options"]["scene"] = "fit"
+    spelled = _label_job("depth", section, folder, tmp_path / "spelled.npz")
+    np.testing.assert_array_equal(plain["raw"], expected[0])
+    np.testing.assert_array_equal(plain["preview_raw"], expected[1:])
+    for label in (with_record, spelled):
+        for key in plain:
+            np.testing.assert_array_equal(label[key], plain[key])
+
+
+def test_which_label_jobs_read_the_record():
+    from ldmprobe.labels import task_reads_record
+
+    render_section = {"labeler": "world", "model": {"id": "x"}, "options": {"target": "depth"}}
+    assert not task_reads_record("depth", render_section)
+    render_section["options"]["scene"] = "render"
+    assert task_reads_record("depth", render_section)
+    # A previews labeler that reads it makes the job read it too.
+    fitted = {
+        "labeler": "world",
+        "model": {"id": "x"},
+        "options": {"target": "depth"},
+        "previews": render_section,
+    }
+    assert task_reads_record("depth", fitted)
+    assert not task_reads_record("depth", {"labeler": "dpt", "model": {"id": "x"}})

@@ -410,6 +410,10 @@ def generate(
         },
         "versions": package_versions(),
     }
+    if settings.start is not None:
+        # Where x_T came from (route (b)): the labels of a `world` labeler with scene: render
+        # are read from here. Absent for Gaussian noise, as before.
+        meta["start"] = dict(settings.start)
     write_json(meta_path, meta)
     return meta
 

@@ -200,7 +200,9 @@ def label(
 ) -> None:
     """``images``: one dict per image with its ``image``, ``previews`` and ``out`` paths; the
     labeler is loaded once for all of them, and the previews' own labeler (``previews`` of the
-    task's config) too when it has one."""
+    task's config) too when it has one. An image's ``meta`` (its generation's ``meta.json``,
+    given when a labeler reads it: ``Labeler.reads_record``) is read and handed to the
+    labelers as the image's record, with the row's ``prompt_id`` when the entry has one."""
     from .labels import build_labeler, label_image, label_model_ref
     from .models import resolve_device
     from .tasks import TASKS
@@ -230,6 +232,11 @@ def label(
     for number, image in enumerate(images, start=1):
         started = time.perf_counter()
         preview_paths = sorted(Path(image["previews"], "x0").glob("step*.png"))
+        record = None
+        if image.get("meta"):
+            record = json.loads(Path(image["meta"]).read_text())
+            if "prompt_id" in image:
+                record["prompt_id"] = image["prompt_id"]
         label_image(
             labeler,
             TASKS[task],
@@ -240,6 +247,7 @@ def label(
             provenance,
             batch_size,
             previews,
+            record,
         )
         log.info(
             "image %d/%d: labelled %s and %d previews for %s in %.1f s",

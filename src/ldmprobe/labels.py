@@ -45,6 +45,19 @@ def label_model_ref(task: str, section: dict, previews: bool = False) -> ModelRe
     )
 
 
+def task_reads_record(task: str, section: dict) -> bool:
+    """Whether the label jobs of ``labels.tasks.<task>`` read each image's generation record
+    (its ``meta.json``): when its labeler or its previews' labeler labels by it
+    (``Labeler.reads_record``). At parse time: light."""
+    return any(
+        LABELERS[part["labeler"]].reads_record(
+            {**LABELERS[part["labeler"]].options, **part.get("options", {})}
+        )
+        for _key, part in labeler_sections(task, section)
+        if part["labeler"] in LABELERS
+    )
+
+
 def check_labelers(tasks: dict) -> None:
     """At parse time: every labeler's options exist and its optional packages are installed.
 
@@ -97,10 +110,24 @@ def build_labeler(
     return LABELERS[name](ref, device=device, allow_download=allow_download, **options)
 
 
-def predict_paths(labeler: Labeler, paths: list[Path], batch_size: int) -> list[np.ndarray]:
-    """The labeler's raw map of each image file, ``batch_size`` images at a time."""
+def reads_record(labeler: Labeler) -> bool:
+    """Whether ``labeler`` labels images from their generation's record (``Labeler.reads_record``;
+    False for an object with ``predict`` alone)."""
+    reads = getattr(labeler, "reads_record", None)
+    return reads is not None and reads(labeler.settings)
+
+
+def predict_paths(
+    labeler: Labeler, paths: list[Path], batch_size: int, record: dict | None = None
+) -> list[np.ndarray]:
+    """The labeler's raw map of each image file, ``batch_size`` images at a time; a labeler
+    that ``reads_record`` gets the files and the generation's ``record`` of them at once."""
     from PIL import Image
 
+    if reads_record(labeler):
+        raw = labeler.predict_files(paths, record)
+        log.info("labelled %d images from their generation's record", len(paths))
+        return raw
     raw = []
     for start in range(0, len(paths), batch_size):
         batch = [Image.open(p).convert("RGB") for p in paths[start : start + batch_size]]
@@ -119,6 +146,7 @@ def label_image(
     provenance: dict,
     batch_size: int = 8,
     previews: tuple[Labeler, dict, dict] | None = None,
+    record: dict | None = None,
 ) -> None:
     """Label the final image and each step's preview; one .npz with targets and raw maps.
 
@@ -131,15 +159,18 @@ def label_image(
     ``previews``: (labeler, options, provenance) of ``labels.tasks.<task>.previews``, which then
     labels the previews instead (recorded under the provenance's ``previews``); None: the
     task's labeler labels them, with the final image.
+
+    ``record``: the generation's record of the image (its ``meta.json``), for a labeler that
+    labels by it (``Labeler.reads_record``); the others ignore it.
     """
     if previews is None:
-        raw = predict_paths(labeler, [image_path, *preview_paths], batch_size)
+        raw = predict_paths(labeler, [image_path, *preview_paths], batch_size, record)
         final_raw, preview_maps = raw[0], raw[1:]
         preview_labeler, preview_options = labeler, options
     else:
         preview_labeler, preview_options, preview_provenance = previews
-        final_raw = predict_paths(labeler, [image_path], batch_size)[0]
-        preview_maps = predict_paths(preview_labeler, preview_paths, batch_size)
+        final_raw = predict_paths(labeler, [image_path], batch_size, record)[0]
+        preview_maps = predict_paths(preview_labeler, preview_paths, batch_size, record)
     preview_raw = (
         np.stack(preview_maps) if preview_maps else np.zeros((0, *final_raw.shape), np.float32)
     )

@@ -43,6 +43,7 @@ def check_consistency(config: dict) -> None:
         backbone = get_backbone(config["models"]["diffusion"]["backbone"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    start_kind = config["generation"]["start"]["kind"]
     for task, task_section in config["labels"]["tasks"].items():
         for section_key, section in labeler_sections(task, task_section):
             key = f"{section_key}.labeler"
@@ -59,7 +60,22 @@ def check_consistency(config: dict) -> None:
                     f"config key '{key}': labeler {name!r} makes {list(makes)} labels, not "
                     f"{task}; allowed for {task}: {allowed}"
                 )
+            # Unknown options are check_labelers' to report; here the defaults fill them in.
+            settings = {**LABELERS[name].options, **section.get("options", {})}
+            needs = LABELERS[name].required_start(settings)
+            if needs is not None and needs != start_kind:
+                raise ConfigError(
+                    f"config key '{section_key}.options': labeler {name!r} with options "
+                    f"{section.get('options', {})} labels images generated from "
+                    f"generation.start {needs!r}, but generation.start.kind is {start_kind!r}; "
+                    f"allowed: [{needs!r}]"
+                )
     generation = config["generation"]
+    if generation["start"]["kind"] == "world-inversion" and generation["scheduler"] != "ddim":
+        raise ConfigError(
+            f"config key 'generation.scheduler': {generation['scheduler']!r}, but "
+            "generation.start world-inversion retraces DDIM's steps; allowed: ['ddim']"
+        )
     stored = ["uncond", "cond"] if generation["cfg_half"] == "both" else [generation["cfg_half"]]
     probed = config["probe"]["cfg_half"]
     if probed not in stored:

@@ -3,7 +3,9 @@
 A labeler is built from a model reference (resolved to a folder by ``ldmprobe.models``, so the
 demo's random-weight models and real weights load through the same code) and its options from
 the config. ``predict(images)`` takes RGB images of one size and returns float32 maps
-``[n, H, W]`` at that size. Each class says which tasks it labels (``tasks``), its options and
+``[n, H, W]`` at that size. A labeler that labels an image by what its generation made it from
+rather than by its pixels (``reads_record``) gets the generation's record of the image instead:
+``predict_files(paths, record)``. Each class says which tasks it labels (``tasks``), its options and
 their defaults (``options``), the files it reads from the model folder (``weight_files``) and the
 modules it needs (``requires``, with the ``install`` command when they are not a dependency of
 this package). Heavy libraries are imported only when a labeler is built: this package is
@@ -68,6 +70,25 @@ class Labeler:
                 f"{sorted(cls.options) or 'none'}"
             )
         return {**cls.options, **options}
+
+    @classmethod
+    def reads_record(cls, settings: dict) -> bool:
+        """Whether, with ``settings``, the labeler labels an image from its generation's record
+        (the image's ``meta.json``: prompt, seed, ``start``) rather than from its pixels: the
+        label job then reads the record and calls ``predict_files`` (``labels.predict_paths``)."""
+        return False
+
+    @classmethod
+    def required_start(cls, settings: dict) -> str | None:
+        """The ``generation.start`` kind the labeled images must be generated from, with
+        ``settings`` (None: any); the preflight checks it against the config."""
+        return None
+
+    def predict_files(self, paths: list[Path], record: dict | None) -> list[np.ndarray]:
+        """The raw map of each image file of one generation (its final image and previews),
+        from the generation's ``record`` (``meta.json``, with the row's ``prompt_id`` when the
+        label job knows it; None when it has none): for a labeler that ``reads_record``."""
+        raise NotImplementedError
 
     @classmethod
     def weight_files(cls, settings: dict) -> tuple[tuple[str, ...], ...]:

@@ -104,9 +104,43 @@ class WorldExactLabeler(_TargetedLabeler):
     holds the world's definition (``world.json``, written by the workflow from
     ``ldmprobe.world.scenes``); it must match the renderer's, or the labels would be of
     another world. Images are fitted at their own size (square).
+
+    ``scene: render`` is route (b) (``world.inversion``): the image was generated from the DDIM
+    inversion of a render (``generation.start: {kind: world-inversion, data_seed: n}``), so its
+    label is that render's exact map, at the image's size, whatever was drawn: mask (the
+    saliency), inverse depth and shading, for the final image and every preview alike, none
+    excluded. The scene is the one the generation's record (``meta.json``) names: scene
+    ``seed`` of its start's ``data_seed``, whose caption must be the row's prompt. ``fit`` (the
+    default) is route (a), above.
     """
 
-    options = {"target": None, "min_iou": 0.7, "min_psnr": 20.0, "normalise": "none"}
+    options = {
+        "target": None,
+        "scene": "fit",
+        "min_iou": 0.7,
+        "min_psnr": 20.0,
+        "normalise": "none",
+    }
+    SCENES = ("fit", "render")
+
+    @classmethod
+    def configure(cls, options: dict) -> dict:
+        settings = super().configure(options)
+        if settings["scene"] not in cls.SCENES:
+            raise ValueError(
+                f"labeler {cls.name!r}: option 'scene' is one of {list(cls.SCENES)} (fit: the "
+                f"scene fitted to the image, route (a); render: the scene the image was "
+                f"generated from, route (b)), got {settings['scene']!r}"
+            )
+        return settings
+
+    @classmethod
+    def reads_record(cls, settings: dict) -> bool:
+        return settings["scene"] == "render"
+
+    @classmethod
+    def required_start(cls, settings: dict) -> str | None:
+        return "world-inversion" if cls.reads_record(settings) else None
 
     @classmethod
     def weight_files(cls, settings: dict) -> tuple[tuple[str, ...], ...]:
@@ -134,6 +168,11 @@ class WorldExactLabeler(_TargetedLabeler):
         from ..world.fit import fit_scene, label_kept
         from ..world.scenes import palette_mask
 
+        if self.reads_record(self.settings):
+            raise ValueError(
+                f"labeler {self.name!r} with scene: render labels an image by the scene it was "
+                "generated from (predict_files with its generation's record), not by its pixels"
+            )
         image_size(images)
         target = self.settings["target"]
         thresholds = (self.settings["min_iou"], self.settings["min_psnr"])
@@ -151,3 +190,58 @@ class WorldExactLabeler(_TargetedLabeler):
             else:
                 maps.append(fit.render.shading)
         return np.stack(maps).astype(np.float32)
+
+    def predict_files(self, paths: list[Path], record: dict | None) -> list[np.ndarray]:
+        """Route (b): the render of the scene the generation started from, at each file's
+        size, the same map for the final image and every preview."""
+        from PIL import Image
+
+        from ..world.scenes import render
+
+        scene = self._started_scene(paths, record)
+        maps: dict[int, np.ndarray] = {}
+        labels = []
+        for path in paths:
+            with Image.open(path) as image:
+                height, width = image.height, image.width
+            if height != width:
+                raise ValueError(f"{path}: the world's renders are square, not {width}x{height}")
+            if height not in maps:
+                maps[height] = self._render_map(render(scene, height))
+            labels.append(maps[height].copy())
+        return labels
+
+    def _started_scene(self, paths: list[Path], record: dict | None):
+        """The scene the generation's record says it started from (``inversion.started_scene``,
+        which checks that the row's prompt is its caption)."""
+        from ..world.inversion import started_scene
+
+        first = paths[0] if paths else "(no image)"
+        if record is None:
+            raise ValueError(
+                f"{first}: labeler {self.name!r} with scene: render needs the generation's "
+                "record of the image (its meta.json), which the label job did not give"
+            )
+        row = f"prompt-table row {record.get('prompt_id', '?')} (seed {record['seed']}), {first}"
+        start = record.get("start") or {"kind": "noise"}
+        if start.get("kind") != "world-inversion":
+            raise ValueError(
+                f"{row}: labeler {self.name!r} with scene: render labels images generated from "
+                "a render (generation.start: {kind: world-inversion, data_seed: n}), but its "
+                f"generation record says it started from {start.get('kind')!r}"
+            )
+        try:
+            return started_scene(record["prompt"], int(record["seed"]), start)
+        except ValueError as error:
+            raise ValueError(
+                f"{row}: labeler {self.name!r} with scene: render cannot label it: {error}"
+            ) from None
+
+    def _render_map(self, rendered) -> np.ndarray:
+        """The target's map of a render, in route (a)'s units."""
+        target = self.settings["target"]
+        if target == "saliency":
+            return rendered.mask.astype(np.float32)
+        if target == "depth":
+            return (1.0 / rendered.depth).astype(np.float32)
+        return rendered.shading.astype(np.float32)

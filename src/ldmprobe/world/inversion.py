@@ -65,10 +65,10 @@ def regenerate(pipe, start, prompt: str, steps: int, guidance_scale: float) -> n
     return (out.images[0] * 255).round().astype(np.uint8)
 
 
-def inverted_start(pipe, prompt: str, seed: int, start: dict, size: int, steps: int):
-    """Route (b)'s x_T for a prompt-table row: scene ``seed`` of ``start["data_seed"]``,
-    rendered at ``size`` px and inverted with its caption, which must be the row's prompt
-    (else the renderer's maps would not label what is drawn)."""
+def started_scene(prompt: str, seed: int, start: dict):
+    """The scene a route (b) row starts from: scene ``seed`` of ``start["data_seed"]``, whose
+    caption must be the row's prompt (else the renderer's maps would not label what is drawn).
+    Generation (``inverted_start``) and the ``world`` labeler's ``scene: render`` both ask here."""
     from . import scenes
 
     scene = scenes.sample_scene(scenes.scene_rng(start["data_seed"], seed))
@@ -77,5 +77,13 @@ def inverted_start(pipe, prompt: str, seed: int, start: dict, size: int, steps: 
             f"generation.start world-inversion: the prompt {prompt!r} is not the caption of "
             f"scene {seed} of data seed {start['data_seed']} ({scenes.caption(scene)!r})"
         )
-    image = scenes.render(scene, size).image
+    return scene
+
+
+def inverted_start(pipe, prompt: str, seed: int, start: dict, size: int, steps: int):
+    """Route (b)'s x_T for a prompt-table row: the render of its ``started_scene`` at ``size``
+    px, inverted with its caption."""
+    from . import scenes
+
+    image = scenes.render(started_scene(prompt, seed, start), size).image
     return ddim_invert(pipe, image, prompt, steps)
