@@ -33,6 +33,7 @@ rule intervene:
         allow_download=untracked(ALLOW_DOWNLOAD),
         generation=without(CONFIG["generation"], "device"),
         device=untracked(CONFIG["generation"]["device"]),
+        # Less depth2img: its settings rerun its own jobs only.
         intervention=without(INTERVENTION, "depth2img"),
     script:
         "../scripts/intervene.py"
@@ -65,7 +66,8 @@ rule intervene_depth2img:
         allow_download=untracked(ALLOW_DOWNLOAD),
         generation=without(CONFIG["generation"], "device"),
         device=untracked(CONFIG["generation"]["device"]),
-        intervention=INTERVENTION,
+        # What it reads of the section: the edits' settings (lr, layers...) rerun none of it.
+        intervention={key: INTERVENTION[key] for key in ("seed", "trials", "depth2img")},
     script:
         "../scripts/intervene_depth2img.py"
 
