@@ -88,6 +88,16 @@ def model_refs():
     if CONFIG["classification"]["enabled"]:
         model = CONFIG["classification"]["model"]
         refs.append((ModelRef.from_config("classification.model", model), model))
+    depth2img = CONFIG["intervention"]["depth2img"]
+    if CONFIG["intervention"]["enabled"] and depth2img["enabled"]:
+        refs.append(
+            (
+                ModelRef.from_config(
+                    "intervention.depth2img.model", depth2img["model"]
+                ),
+                depth2img["model"],
+            )
+        )
     return refs
 
 

@@ -427,12 +427,11 @@ def build_vgg16(out_dir: Path, seed: int) -> None:
     save_for_hf(timm.create_model("vgg16", pretrained=False), out_dir, safe_serialization=True)
 
 
-def build_dpt_hybrid_depth(out_dir: Path, seed: int) -> None:
-    """DPT-Hybrid (``Intel/dpt-hybrid-midas``): a ViT on the feature map of a BiT ResNet."""
-    import torch
+def tiny_dpt_hybrid():
+    """DPT-Hybrid (``Intel/dpt-hybrid-midas``) and its image processor: a ViT on the feature
+    map of a BiT ResNet, small widths."""
     from transformers import BitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    torch.manual_seed(seed)
     backbone = BitConfig(
         global_padding="same",
         layer_type="bottleneck",
@@ -458,10 +457,64 @@ def build_dpt_hybrid_depth(out_dir: Path, seed: int) -> None:
         fusion_hidden_size=16,
         readout_type="project",
     )
-    DPTForDepthEstimation(config).save_pretrained(out_dir, safe_serialization=True)
-    DPTImageProcessor(
+    processor = DPTImageProcessor(
         size={"height": 128, "width": 128}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    ).save_pretrained(out_dir)
+    )
+    return DPTForDepthEstimation(config), processor
+
+
+def build_dpt_hybrid_depth(out_dir: Path, seed: int) -> None:
+    """DPT-Hybrid (``Intel/dpt-hybrid-midas``): a ViT on the feature map of a BiT ResNet."""
+    import torch
+
+    torch.manual_seed(seed)
+    model, processor = tiny_dpt_hybrid()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+
+
+def build_stable_diffusion_2_depth(out_dir: Path, seed: int) -> None:
+    """SD 2 depth (``stabilityai/stable-diffusion-2-depth``, 512 px): SD 2's U-Net (linear
+    projections, heads per block) with 5 input channels (the latents and the depth map), a
+    DPT-Hybrid depth estimator with its image processor, PNDM with epsilon prediction."""
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=5,
+        out_channels=4,
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=(2, 4, 4, 4),
+        use_linear_projection=True,
+    )
+    text_encoder, tokenizer = tiny_clip(32)
+    depth_estimator, feature_extractor = tiny_dpt_hybrid()
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionDepth2ImgPipeline(
+        vae=tiny_vae(512),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        depth_estimator=depth_estimator,
+        feature_extractor=feature_extractor,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
 def build_dpt_beit_depth(out_dir: Path, seed: int) -> None:
@@ -685,6 +738,7 @@ def build_marigold_shading(out_dir: Path, seed: int) -> None:
 BUILDERS = {
     "stable-diffusion": build_stable_diffusion,
     "stable-diffusion-2": build_stable_diffusion_2,
+    "stable-diffusion-2-depth": build_stable_diffusion_2_depth,
     "stable-diffusion-xl": build_stable_diffusion_xl,
     "pixart-sigma": build_pixart_sigma,
     "pixart-alpha": build_pixart_alpha,

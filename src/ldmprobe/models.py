@@ -238,6 +238,24 @@ def load_diffusion_pipeline(
     return pipe.to(device)
 
 
+def load_depth2img_pipeline(
+    ref: ModelRef, dtype: str, device: str, allow_download: bool = False, scheduler=None
+):
+    """Stable Diffusion 2 depth (``StableDiffusionDepth2ImgPipeline``) from ``ref``'s folder,
+    with its own sampler unless ``scheduler`` names one of SCHEDULERS."""
+    ensure_torchvision_importable()
+    from diffusers import StableDiffusionDepth2ImgPipeline
+
+    path = resolve_model(ref, allow_download)
+    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(
+        path, dtype=torch_dtype(dtype, device), use_safetensors=True
+    )
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
     "ddim": "DDIMScheduler",

@@ -5,7 +5,7 @@ layers and steps (Chen et al.'s defaults per task), the conditions that run, the
 from __future__ import annotations
 
 from ..layers import Layer, select_layers
-from .conditions import CONDITIONS, EXPERIMENT
+from .conditions import CONDITIONS, DEPTH2IMG, EXPERIMENT
 
 # Chen et al.: saliency edits the decoder's self-attention layers at steps 0-4, depth every
 # layer at steps 0-2.
@@ -45,8 +45,9 @@ def edited_cells(section: dict, layers: list[Layer], calls: int) -> tuple[list[s
 
 
 def conditions(section: dict, permuted: list[str] | None, edited: list[str]) -> list[str]:
-    """The experiment and its controls. ``permuted``: the layers the permuted-U-Net control
-    captured (None: it did not run); its probe condition needs every edited layer among them."""
+    """The experiment and its controls, then depth2img when enabled. ``permuted``: the layers
+    the permuted-U-Net control captured (None: it did not run); its probe condition needs every
+    edited layer among them."""
     names = [EXPERIMENT]
     for name in section["controls"]:
         if CONDITIONS[name].probe == "permuted":
@@ -60,6 +61,8 @@ def conditions(section: dict, permuted: list[str] | None, edited: list[str]) -> 
                     f"leaves out {missing}; add them there or drop permuted-probe"
                 )
         names.append(name)
+    if section.get("depth2img", {}).get("enabled"):
+        names.append(DEPTH2IMG)
     return names
 
 

@@ -116,3 +116,18 @@ def probe_units(
     if scaling == "probe":
         return ((np.asarray(target, np.float64) - target_mean) / target_std).astype(np.float32)
     raise ValueError(f"unknown depth target scaling {scaling!r}; expected 'reference' or 'probe'")
+
+
+def depth_condition(kind: str, target: np.ndarray) -> np.ndarray | None:
+    """The translated target as the depth map Stable Diffusion 2 depth is conditioned on, in
+    its depth estimator's convention (relative inverse depth, larger = nearer; the pipeline
+    min-max scales it to [-1, 1]): a depth label as it is (the depth labels are relative
+    inverse depth), a mask as a depth-like map (the object 1, near; the background 0, far).
+    None when the map is flat (an empty or a full mask): it has no layout to condition on,
+    and the pipeline's min-max scaling of it is undefined."""
+    if kind not in ("binary", "continuous"):
+        raise ValueError(f"unknown task kind {kind!r}; expected 'binary' or 'continuous'")
+    condition = np.asarray(target, dtype=np.float32)
+    if not np.all(np.isfinite(condition)) or condition.max() <= condition.min():
+        return None
+    return condition
