@@ -56,6 +56,18 @@ class BrightnessLabeler:
         return [np.asarray(image, np.float32).mean(-1) / 255 - 0.5 for image in images]
 
 
+class DepthStub(BrightnessLabeler):
+    """A depth labeler that gives one image no label (all NaN), as the world's exact labeler
+    does when its fit fails."""
+
+    def __init__(self, missing: bool):
+        self.missing = missing
+
+    def predict(self, images):
+        maps = [np.asarray(image, np.float32).mean(-1) / 255 for image in images]
+        return [np.full_like(m, np.nan) if self.missing else m for m in maps]
+
+
 def disc(rng: np.random.Generator) -> np.ndarray:
     """A random disc [SIZE, SIZE] at the label resolution, its centre anywhere in the image."""
     radius = rng.uniform(0.25, 0.4) * SIZE
@@ -75,10 +87,12 @@ def build_study(
     transposed: bool = False,
     splits: dict[str, int] = SPLITS,
     seed: int = 0,
+    depth_missing: frozenset[int] | None = None,
 ) -> Path:
     """Stores, labels and manifest of a planted study under ``root``; the manifest's path.
     ``alpha``: the signal in noise standard deviations (the noise is 1 in every direction), so
-    a token inside the disc and one outside lie ``alpha`` apart along ``w``."""
+    a token inside the disc and one outside lie ``alpha`` apart along ``w``. With
+    ``depth_missing`` (image numbers), the study has depth labels too, none for those images."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -119,6 +133,11 @@ def build_study(
         Image.fromarray(np.repeat(mask[..., None] * np.uint8(255), 3, -1)).save(image)
         label = root / f"{number}.npz"
         label_image(BrightnessLabeler(), TASKS["saliency"], {}, image, [], label, {"model": "x"})
+        if depth_missing is not None:
+            depth = root / f"{number}-depth.npz"
+            stub = DepthStub(number in depth_missing)
+            label_image(stub, TASKS["depth"], {}, image, [], depth, {"model": "x"})
+            paths.setdefault(TASKS["depth"].label_key, []).append(str(depth))
         prompts.append({"prompt_id": f"p{number}", "seed": number, "split": split})
         paths["store"].append(str(store))
         paths["image"].append(str(image))
@@ -177,3 +196,29 @@ def test_a_planted_signal_is_found_and_a_transposed_one_is_not(tmp_path):
     # token grid fails both assertions.
     crossed = probe_dice(build_study(tmp_path / "transposed", transposed=True), **CONVERGING)
     assert crossed <= 0.3, crossed
+
+
+def test_an_image_without_a_depth_label_still_trains_and_scores_saliency(tmp_path):
+    # Images 0-5 (train) and 34-35 (test) have no depth label: the depth probe leaves them
+    # out, the saliency probe of the same cell uses them (dataset.task_split).
+    missing = frozenset([0, 1, 2, 3, 4, 5, 34, 35])
+    manifest = build_study(tmp_path, depth_missing=missing)
+    settings = probe_settings(reference_config())
+    out = tmp_path / "cell"
+    jobs.probe(
+        manifest_path=str(manifest),
+        source=SOURCE,
+        half=HALF,
+        layer=PLANTED,
+        step=STEPS - 1,
+        settings={"saliency": {**settings["saliency"], **CONVERGING}, "depth": settings["depth"]},
+        weights_path=str(out / "probe.safetensors"),
+        metrics_path=str(out / "metrics.csv"),
+        device="cpu",
+    )
+    metrics = pd.read_csv(out / "metrics.csv")
+    scored = metrics.groupby("task")["prompt_id"].nunique().to_dict()
+    assert scored == {"saliency": SPLITS["test"], "depth": SPLITS["test"] - 2}
+    dice = metrics[(metrics.task == "saliency") & (metrics.metric == "dice")].value.mean()
+    assert dice >= 0.9, dice
+    assert not set(metrics[metrics.task == "depth"].prompt_id) & {"p34", "p35"}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest
+from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest, task_split, usable_by_all
 from ldmprobe.labels import build_labeler, label_image, load_label
 from ldmprobe.models import ModelRef
 from ldmprobe.tasks import TASKS
@@ -191,10 +191,13 @@ def test_an_image_without_label_is_excluded_from_the_manifest(tmp_path, renders,
     np.testing.assert_array_equal(bad["target"], palette_mask(images["bad"]))
     prompts = pd.DataFrame({"prompt_id": ["good", "bad"], "seed": [1, 2], "split": ["train"] * 2})
     manifest = build_manifest(prompts, dict(paths), str(tmp_path / "dataset.csv"))
-    assert manifest["split"].tolist() == ["train", EXCLUDED]
     again = read_manifest(str(tmp_path / "dataset.csv"))
     assert again["excluded_by"].tolist() == ["", "depth"]
-    assert again["split"].tolist() == ["train", EXCLUDED]
+    # The image keeps its split: it is left out of depth alone.
+    assert manifest["split"].tolist() == again["split"].tolist() == ["train", "train"]
+    assert task_split(again, "depth").tolist() == ["train", EXCLUDED]
+    assert task_split(again, "saliency").tolist() == ["train", "train"]
+    assert usable_by_all(again).tolist() == [True, False]
 
 
 def test_fit_holds_on_blurred_renders(renders):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .dataset import EXCLUDED, task_split
 from .io import atomic_file, write_csv
 from .labels import load_label
 from .metrics import FOREGROUND_TASK, image_rows
@@ -66,20 +67,26 @@ def load_activations(
     return result, grid
 
 
-def run_cell(
+PARTS = ("train", "val", "test")
+
+
+def train_group(
     manifest: pd.DataFrame,
     cell: Cell,
     tasks: dict[str, ProbeSettings],
-    weights_path: Path,
-    metrics_path: Path,
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """Train every task's probe on the cell on ``device`` (a torch device name): the cell's
-    activations go there once, and the probes train and score there."""
-    split = manifest["split"].to_numpy()
-    parts = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    parts: dict[str, np.ndarray],
+    device: str,
+    into: tuple[dict, dict, list],
+    foreground_rows: bool,
+) -> tuple[int, int]:
+    """Train and score ``tasks`` on the manifest's rows ``parts`` (train, val, test); add their
+    tensors, training records and per-image metric rows to ``into``. ``foreground_rows``: the
+    cell has the foreground task, whose labels give the continuous tasks' object regions."""
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
-        raise ValueError("the probe needs at least one train and one test image; check the splits")
+        raise ValueError(
+            f"the probe of {sorted(tasks)} needs at least one train and one test image; check "
+            "the splits and the manifest's excluded_by"
+        )
     # Training reads every train image once per epoch: convert it to float32 once (on the CPU
     # while reading, on a GPU after the copy, which then moves half the bytes); validation
     # and test stay as stored and are converted a few images at a time.
@@ -94,16 +101,17 @@ def run_cell(
     activations.setdefault("val", activations["test"][:0])
     height, width = grid
 
+    def final_targets(task_name: str, part_rows: np.ndarray) -> torch.Tensor:
+        # Only the final image's target: a label file holds every preview's maps too.
+        paths = manifest[TASKS[task_name].label_key].to_numpy()[part_rows]
+        return torch.from_numpy(
+            np.stack([load_label(path, keys=("target",))["target"] for path in paths])
+        )
+
     targets = {}
     for task_name in tasks:
-        paths = manifest[TASKS[task_name].label_key].to_numpy()
-        # Only the final image's target: a label file holds every preview's maps too.
         targets[task_name] = {
-            part: torch.from_numpy(
-                np.stack(
-                    [load_label(path, keys=("target",))["target"] for path in paths[part_rows]]
-                )
-            )
+            part: final_targets(task_name, part_rows)
             for part, part_rows in parts.items()
             if len(part_rows)
         }
@@ -126,9 +134,15 @@ def run_cell(
 
     # The metric variants of continuous tasks (metrics.VARIANTS): object regions from the test
     # images' foreground labels, when the study has them; the training set's mean per position.
-    foreground = targets.get(FOREGROUND_TASK, {}).get("test")
-    foregrounds = None if foreground is None else foreground.numpy() > 0.5
-    tensors, training, rows = {}, {}, []
+    foregrounds = None
+    if FOREGROUND_TASK in targets:
+        foregrounds = targets[FOREGROUND_TASK]["test"].numpy() > 0.5
+    elif (
+        foreground_rows
+        and not task_split(manifest, FOREGROUND_TASK).iloc[parts["test"]].eq(EXCLUDED).any()
+    ):
+        foregrounds = final_targets(FOREGROUND_TASK, parts["test"]).numpy() > 0.5
+    tensors, training, rows = into
     for task_name, settings in tasks.items():
         trained = trained_probes[task_name]
         continuous = TASKS[task_name].kind == "continuous"
@@ -153,6 +167,40 @@ def run_cell(
             "settings": settings.__dict__,
         }
         log.info("%s: chose epoch %d by %s", task_name, trained.chosen_epoch, trained.selection)
+    return height, width
+
+
+def run_cell(
+    manifest: pd.DataFrame,
+    cell: Cell,
+    tasks: dict[str, ProbeSettings],
+    weights_path: Path,
+    metrics_path: Path,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Train every task's probe on the cell on ``device`` (a torch device name): the cell's
+    activations go there once, and the probes train and score there. Tasks whose labels cover
+    the same images (``dataset.task_split``: an image without a depth label still has its
+    mask) train together, each group on its own images."""
+    groups: dict[tuple, list[str]] = {}
+    for task_name in tasks:
+        split = task_split(manifest, task_name).to_numpy()
+        parts = tuple(tuple(np.flatnonzero(split == name).tolist()) for name in PARTS)
+        groups.setdefault(parts, []).append(task_name)
+    tensors, training, rows = {}, {}, []
+    for parts, names in groups.items():
+        height, width = train_group(
+            manifest,
+            cell,
+            {name: tasks[name] for name in names},
+            {
+                part: np.array(part_rows, dtype=int)
+                for part, part_rows in zip(PARTS, parts, strict=True)
+            },
+            device,
+            (tensors, training, rows),
+            foreground_rows=FOREGROUND_TASK in tasks,
+        )
 
     from safetensors.torch import save_file
 

@@ -5,8 +5,10 @@ DAG small (a cell has one input, not thousands) while any new or regenerated ima
 makes every cell stale through the manifest.
 
 An image a labeler could not label (``ldmprobe.labels.is_excluded``: the world's exact labeler
-when its fit fails) gets split ``excluded`` and the tasks in column ``excluded_by``: it stays
-listed and counted, and every stage that reads the train, val or test split leaves it out.
+when its fit fails for depth or shading) keeps its split and names those tasks in column
+``excluded_by``: it stays listed and counted, and every stage that reads a task's train, val or
+test split (``task_split``) leaves it out of that task alone, so an image without a depth label
+still trains and scores the saliency probe.
 """
 
 from __future__ import annotations
@@ -36,9 +38,24 @@ def build_manifest(
         for _, row in manifest.iterrows()
     ]
     manifest["excluded_by"] = excluded_by
-    manifest.loc[manifest["excluded_by"] != "", "split"] = EXCLUDED
     write_csv(out_path, manifest)
     return manifest
+
+
+def task_split(manifest: pd.DataFrame, task: str) -> pd.Series:
+    """The images' split for ``task``: ``excluded`` where the task has no label."""
+    excluded = manifest["excluded_by"].str.split().map(lambda tasks: task in tasks)
+    return manifest["split"].where(~excluded, EXCLUDED)
+
+
+def excluded_from(image: pd.Series, task: str) -> bool:
+    """Whether the manifest row ``image`` has no label for ``task``."""
+    return task in image["excluded_by"].split()
+
+
+def usable_by_all(manifest: pd.DataFrame) -> pd.Series:
+    """Images that every task has a label for."""
+    return manifest["excluded_by"] == ""
 
 
 def read_manifest(path: str) -> pd.DataFrame:

@@ -56,14 +56,16 @@ def labeler_scores(
     ``tasks`` maps each task to its probe settings (only the target scaling is used);
     ``steps`` None means every step the label files hold.
     """
+    from .dataset import excluded_from, task_split
     from .labels import load_label
 
     rows = []
-    test = manifest[manifest["split"] == "test"]
     for task_name, settings in tasks.items():
         kind = TASKS[task_name].kind
         column = TASKS[task_name].label_key
-        train = manifest[manifest["split"] == "train"][column]
+        split = task_split(manifest, task_name)
+        test = manifest[split == "test"]
+        train = manifest[split == "train"][column]
         train_targets = [load_label(p, keys=("target",))["target"] for p in train]
         mean, std = target_scaling(kind, settings, train_targets)
         # The variants of the continuous metrics, as the probes have them (metrics.VARIANTS).
@@ -72,7 +74,11 @@ def labeler_scores(
         for _, image in test.iterrows():
             label = load_label(image[column], keys=("target", "preview_target"))
             foreground = None
-            if kind == "continuous" and foreground_column in image:
+            if (
+                kind == "continuous"
+                and foreground_column in image
+                and not excluded_from(image, metrics.FOREGROUND_TASK)
+            ):
                 foreground = load_label(image[foreground_column], keys=("target",))["target"] > 0.5
             chosen = range(len(label["preview_target"])) if steps is None else steps
             for step in chosen:

@@ -393,7 +393,7 @@ def examples(
     from PIL import Image
 
     from .cell import load_probe_weights
-    from .dataset import read_manifest
+    from .dataset import read_manifest, usable_by_all
     from .figures import example_grid
     from .labels import load_label
     from .probes import LinearProbe, TrainedProbe, predict_maps
@@ -402,7 +402,8 @@ def examples(
     from .tasks import TASKS
 
     manifest = read_manifest(manifest_path)
-    test = manifest[manifest["split"] == "test"]
+    # Examples show every task's label: images that have them all.
+    test = manifest[(manifest["split"] == "test") & usable_by_all(manifest)]
     if prompt_ids:
         test = test[test["prompt_id"].isin(prompt_ids)]
         if test.empty:
