@@ -43,18 +43,23 @@ def build_manifest(
 
 
 def task_split(manifest: pd.DataFrame, task: str) -> pd.Series:
-    """The images' split for ``task``: ``excluded`` where the task has no label."""
+    """The images' split for ``task``: ``excluded`` where the task has no label (a manifest
+    without the ``excluded_by`` column excludes nothing)."""
+    if "excluded_by" not in manifest:
+        return manifest["split"]
     excluded = manifest["excluded_by"].str.split().map(lambda tasks: task in tasks)
     return manifest["split"].where(~excluded, EXCLUDED)
 
 
 def excluded_from(image: pd.Series, task: str) -> bool:
     """Whether the manifest row ``image`` has no label for ``task``."""
-    return task in image["excluded_by"].split()
+    return task in image.get("excluded_by", "").split()
 
 
 def usable_by_all(manifest: pd.DataFrame) -> pd.Series:
     """Images that every task has a label for."""
+    if "excluded_by" not in manifest:
+        return pd.Series(True, index=manifest.index)
     return manifest["excluded_by"] == ""
 
 
