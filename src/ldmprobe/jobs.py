@@ -324,6 +324,20 @@ def aggregate(
     log.info("%d cells, %d summary rows", len(cell_metrics), len(summary))
 
 
+def grid_ceiling(
+    manifest_path: str, layers_path: str, tasks: list[str], metrics_config: dict, out_path: str
+) -> None:
+    """The best score each token grid allows, per task and metric (``ldmprobe.ceiling``)."""
+    from .ceiling import ceiling_table
+    from .dataset import read_manifest
+    from .io import write_csv
+
+    layers = json.loads(Path(layers_path).read_text())["layers"]
+    table = ceiling_table(read_manifest(manifest_path), layers, tasks, metrics_config)
+    write_csv(out_path, table)
+    log.info("%d grid-ceiling rows", len(table))
+
+
 def labeler_scores(
     manifest_path: str, settings: dict[str, dict], steps: list[int], out_path: str
 ) -> None:
