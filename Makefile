@@ -35,20 +35,22 @@ test: install
 	$(PY) -m pytest -q -n 2 tests
 
 # Benchmarks (bench/, BENCHMARKS.md): each script appends records to bench/results/, then
-# report.py rewrites BENCHMARKS.md's tables. `bench` is the CPU set; `bench-gpu` the full-size
-# SD v1.x rows, on a machine with a CUDA GPU; `bench-cluster` the per-image cost on the
+# report.py rewrites BENCHMARKS.md's tables. `bench` is the CPU set (bench_store.py twice: the
+# demo, then the known-answer world); `bench-gpu` the full-size SD v1.x rows, on a machine with
+# a CUDA GPU, ending with the 100-image study end to end; `bench-cluster` the per-image cost on the
 # one-node SLURM test cluster (root: it installs and starts SLURM, then stops it).
 bench: install
 	cd bench && $(abspath $(PY)) bench_unet_calls.py && $(abspath $(PY)) bench_storage.py \
 		&& $(abspath $(PY)) bench_dump.py && $(abspath $(PY)) bench_probe.py && $(abspath $(PY)) bench_store.py \
-		&& $(abspath $(PY)) bench_dag.py \
+		&& $(abspath $(PY)) bench_store.py --model world && $(abspath $(PY)) bench_dag.py \
 		&& $(abspath $(PY)) bench_demo.py && $(abspath $(PY)) report.py
 
 bench-gpu: install
 	cd bench && $(abspath $(PY)) bench_dump.py --full-size --device cuda \
 		&& $(abspath $(PY)) bench_storage.py --full-size --device cuda --images 2 \
 		&& $(abspath $(PY)) bench_probe.py --sources synthetic \
-		&& $(abspath $(PY)) bench_probe.py --sources synthetic --device cuda && $(abspath $(PY)) report.py
+		&& $(abspath $(PY)) bench_probe.py --sources synthetic --device cuda \
+		&& $(abspath $(PY)) bench_study.py --images 100 --device cuda && $(abspath $(PY)) report.py
 
 bench-cluster: install
 	cd bench && $(abspath $(PY)) bench_cluster.py && $(abspath $(PY)) report.py

@@ -50,6 +50,19 @@ def snakemake(checkout: Path, config: str, *args: str) -> list[str]:
     ]
 
 
+def run_and_report(work: Path, config: Path, cores: list[str], env: dict, what: str):
+    """The workflow, then its report (a second Snakemake call): each one's measure_command."""
+    run = measure_command(snakemake(work, config, *cores), env=env)
+    if run["rc"] != 0:
+        raise RuntimeError(f"{what} run failed:\n{run['stderr'][-3000:]}")
+    report = measure_command(
+        snakemake(work, config, "--report", str(work / "results" / "report.html")), env=env
+    )
+    if report["rc"] != 0:
+        raise RuntimeError(f"{what} report failed:\n{report['stderr'][-3000:]}")
+    return run, report
+
+
 def job_total(stdout: str) -> int | None:
     for line in stdout.splitlines():
         parts = line.split()
@@ -74,15 +87,7 @@ def main(argv=None) -> None:
         results = {"jobs": job_total(plan["stdout"]), "dry_run_s": round(plan["wall_s"], 2)}
         if not options.tiny:
             load_before = load()
-            run = measure_command(snakemake(work, config, *cores), env=env)
-            if run["rc"] != 0:
-                raise RuntimeError(f"demo run failed:\n{run['stderr'][-3000:]}")
-            report = measure_command(
-                snakemake(work, config, "--report", str(work / "results" / "report.html")),
-                env=env,
-            )
-            if report["rc"] != 0:
-                raise RuntimeError(f"demo report failed:\n{report['stderr'][-3000:]}")
+            run, report = run_and_report(work, config, cores, env, "demo")
             results.update(
                 workflow_s=round(run["wall_s"], 1),
                 workflow_cpu_s=round(run["cpu_s"], 1),

@@ -20,17 +20,25 @@ content, and a probe of them is noise. Here the labels are a known function of e
 image instead (no model): depth = its luminance, saliency = luminance above the image's
 median, so late-step cells learn something real and early ones little; either way the
 comparison is between two stores of the same activations, same labels, same seeds.
+
+``--model world``: the codec comparison (no store set) on the known-answer world instead: its
+trained model (``config/world.yaml``: 64 px, 20 DDIM steps, guidance 4, the conditional half),
+the first ``--train``/``--val``/``--test`` captions of each split of ``config/world_prompts.csv``,
+the ``world`` labeler's exact labels of each final image (saliency: the palette mask; depth
+and shading from the scene fit, the images whose fit fails excluded per task), every layer at
+``WORLD_STEPS``, the world config's probe settings. The record's model is ``world``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from bench_probe import SPLITS, write_manifest
-from benchlib import directory_bytes, parser, record
+from benchlib import REPO, directory_bytes, parser, record
 
 BASELINE = {"name": "blosc-zstd", "level": 3, "quantise": "none"}
 QUANTISED = [
@@ -38,6 +46,12 @@ QUANTISED = [
     {"name": "blosc-zstd", "level": 3, "quantise": "int8-channel"},
 ]
 STEPS = [0, 3, 7, 14]  # config/demo.yaml's probe.steps
+# The world mode: config/world.yaml's model, generation, labels and probe settings; its
+# captions (the first rows of each split); every layer at five of the 20 DDIM steps.
+WORLD_CONFIG = "config/world.yaml"
+WORLD_PROMPTS = "config/world_prompts.csv"
+WORLD_SPLITS = {"train": 40, "val": 10, "test": 40}
+WORLD_STEPS = [0, 2, 5, 10, 19]
 TASK_SETTINGS = {
     "saliency": {"epochs": 30, "batch_images": 4, "lr": 0.001, "seed": 0},
     "depth": {"epochs": 30, "batch_images": 4, "lr": 0.001, "seed": 0},
@@ -157,15 +171,20 @@ def probe_outputs(weights: Path, x) -> dict:
     return outputs
 
 
-def compare_cell(manifests: dict, layer: str, step: int, work: Path) -> list[dict]:
-    """Train the cell on every codec's stores; rows of (task, metric) changes vs the baseline."""
+def compare_cell(
+    manifests: dict, layer: str, step: int, work: Path, settings: dict | None = None
+) -> list[dict]:
+    """Train the cell on every codec's stores; rows of (task, metric) changes vs the baseline.
+
+    ``settings``: each task's probe settings (default: the demo mode's ``TASK_SETTINGS``)."""
     import pandas as pd
 
     from ldmprobe.cell import Cell, load_activations, run_cell
     from ldmprobe.dataset import read_manifest
     from ldmprobe.probes import ProbeSettings
 
-    tasks = {task: ProbeSettings(**values) for task, values in TASK_SETTINGS.items()}
+    settings = TASK_SETTINGS if settings is None else settings
+    tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
     cell = Cell("unet", "cond", layer, step)
     tables, weights = {}, {}
     for name, manifest in manifests.items():
@@ -191,8 +210,9 @@ def compare_cell(manifests: dict, layer: str, step: int, work: Path) -> list[dic
             change = group["value_y"] - group["value_x"]
             output, history = outputs[task]
             base_output, base_history = reference[task]
-            val = [h["val_loss"] for h in history]
-            base_val = [h["val_loss"] for h in base_history]
+            # No validation loss where a task has no validation image (world: all excluded).
+            val = [h.get("val_loss", np.nan) for h in history]
+            base_val = [h.get("val_loss", np.nan) for h in base_history]
             rows.append(
                 {
                     "codec": name,
@@ -213,27 +233,224 @@ def compare_cell(manifests: dict, layer: str, step: int, work: Path) -> list[dic
     return rows
 
 
-def main(argv=None) -> None:
-    args = parser(__doc__.split("\n\n")[0])
-    args.add_argument("--images", type=int, default=30, help="images of the codec comparison")
-    args.add_argument("--store-images", type=int, default=4, help="images of the store set")
-    args.add_argument("--size", type=int, default=128, help="image size in px (the demo's)")
-    args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
-    options = args.parse_args(argv)
+def per_image(folders) -> float:
+    """Activation bytes per image: the store less its latents (the same in all)."""
+    stores = [folder / "activations.zarr" for folder in folders]
+    total = sum(directory_bytes(s) - directory_bytes(s / "latents") for s in stores)
+    return total / len(stores)
+
+
+def transcode_all(folders: dict, work: Path) -> None:
+    """Each 8-bit codec's copy of the float16 stores ``folders["float16"]``, into ``folders``."""
+    for codec in QUANTISED:
+        name = codec["quantise"]
+        folders[name] = [work / name / folder.name for folder in folders["float16"]]
+        for source, target in zip(folders["float16"], folders[name], strict=True):
+            transcode(source, target, codec)
+
+
+def stored_layers(folder: Path) -> list[str]:
+    return [layer["name"] for layer in json.loads((folder / "meta.json").read_text())["layers"]]
+
+
+def record_codecs(
+    results_dir: Path, folders: dict, rows: list[dict], config: dict, extra: dict | None = None
+) -> None:
+    """One ``codec_metrics`` record per 8-bit codec: its bytes and its cells' changes."""
+    from ldmprobe.storage import LAYOUTS
+
+    for codec in QUANTISED:
+        name = codec["quantise"]
+        mine = [row for row in rows if row["codec"] == name]
+        record(
+            results_dir,
+            "codec_metrics",
+            "cpu",
+            {
+                **config,
+                "codec": codec,
+                "layout": LAYOUTS[name],  # the 8-bit values' order in the chunk
+                "baseline": BASELINE,
+            },
+            {
+                "baseline_bytes_per_image": per_image(folders["float16"]),
+                "bytes_per_image": per_image(folders[name]),
+                "smaller": per_image(folders["float16"]) / per_image(folders[name]),
+                "max_abs_delta": max(abs(row["delta"]) for row in mine),
+                "max_image_delta": max(row["max_image_delta"] for row in mine),
+                "max_val_loss_rel_change": float(
+                    np.nanmax([row["max_val_loss_rel_change"] for row in mine])
+                ),
+                "max_output_rel_change": max(row["output_rel_change"] for row in mine),
+                "cells": mine,
+                **(extra or {}),
+            },
+        )
+
+
+def world_prompts(counts: dict[str, int]):
+    """The first ``counts[split]`` rows of each split of the world study's caption table."""
+    import pandas as pd
+
+    prompts = pd.read_csv(REPO / WORLD_PROMPTS, dtype={"prompt_id": str})
+    kept = [prompts[prompts["split"] == split].head(n) for split, n in counts.items()]
+    return pd.concat(kept).reset_index(drop=True)
+
+
+def world_config() -> dict:
+    import yaml
+
+    from ldmprobe.config import validate_config
+
+    return validate_config(yaml.safe_load((REPO / WORLD_CONFIG).read_text()))
+
+
+def world_labels(config: dict, prompts, folders: list[Path], work: Path) -> dict:
+    """Each task's exact label of each final image (``labels.tasks`` of the world config: the
+    ``world`` labeler; no previews). An image whose scene fit fails has no depth or shading
+    label and is excluded from that task (``ldmprobe.labels``)."""
+    from ldmprobe.labels import build_labeler, label_image, label_model_ref
+    from ldmprobe.tasks import TASKS
+
+    labels = {}
+    for task, section in config["labels"]["tasks"].items():
+        ref = dataclasses.replace(
+            label_model_ref(task, section), id=str(REPO / section["model"]["id"])
+        )
+        options = section.get("options", {})
+        labeler = build_labeler(section["labeler"], ref, "cpu", False, options)
+        provenance = {"labeler": section["labeler"], "model": section["model"]["id"]}
+        labels[f"label_{task}"] = []
+        for prompt_id, folder in zip(prompts["prompt_id"], folders, strict=True):
+            out = work / "labels" / task / f"{prompt_id}.npz"
+            label_image(labeler, TASKS[task], options, folder / "image.png", [], out, provenance)
+            labels[f"label_{task}"].append(str(out))
+    return labels
+
+
+def world_main(options) -> None:
+    """The codecs on the known-answer world: its trained model, exact labels."""
+    import time
+
+    from ldmprobe.config import probe_settings
+    from ldmprobe.dataset import build_manifest, task_split
+    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.models import ModelRef, load_diffusion_pipeline
+
+    config = world_config()
+    counts = {"train": options.train, "val": options.val, "test": options.test}
+    prompts = world_prompts(counts)
+    generation, model = config["generation"], config["models"]["diffusion"]
+    settings = probe_settings(config)
+    steps = WORLD_STEPS
+    if options.tiny:
+        # Fewer DDIM steps and epochs: the script's mechanics, in seconds.
+        generation = {**generation, "steps": 4}
+        settings = {task: {**values, "epochs": 2} for task, values in settings.items()}
+        steps = [generation["steps"] - 1]
+    with tempfile.TemporaryDirectory(prefix="bench-store-world-", dir=options.work) as tmp:
+        work = Path(tmp)
+        pipe = load_diffusion_pipeline(
+            ModelRef("models.diffusion", str(REPO / model["id"])),
+            generation["scheduler"],
+            generation["dtype"],
+            "cpu",
+            False,
+            model["backbone"],
+        )
+        generation_settings = GenerationSettings(
+            height=generation["height"],
+            width=generation["width"],
+            steps=generation["steps"],
+            guidance_scale=generation["guidance_scale"],
+            halves=(generation["cfg_half"],),
+            preview_kinds=(),
+            codec=BASELINE,
+        )
+        folders = {"float16": []}
+        started = time.perf_counter()
+        for row in prompts.itertuples():
+            out = work / "float16" / row.prompt_id
+            generate(
+                pipe,
+                row.prompt,
+                int(row.seed),
+                generation_settings,
+                out / "image.png",
+                out / "previews",
+                out / "activations.zarr",
+                out / "meta.json",
+                {"model": model["id"]},
+            )
+            folders["float16"].append(out)
+        generate_s = time.perf_counter() - started
+        transcode_all(folders, work)
+        started = time.perf_counter()
+        labels = world_labels(config, prompts, folders["float16"], work)
+        label_s = time.perf_counter() - started
+        manifests = {}
+        for name, images in folders.items():
+            paths = {"store": [str(folder / "activations.zarr") for folder in images], **labels}
+            (work / "manifests" / name).mkdir(parents=True)
+            manifests[name] = str(work / "manifests" / name / "dataset.csv")
+            manifest = build_manifest(prompts, paths, manifests[name])
+        images = {
+            task: task_split(manifest, task).value_counts().to_dict()
+            for task in config["labels"]["tasks"]
+        }
+        # A task needs train and test images with labels (tiny: 4 DDIM steps draw scenes
+        # whose fit may fail everywhere).
+        settings = {
+            task: values
+            for task, values in settings.items()
+            if images[task].get("train") and images[task].get("test")
+        }
+        layers = stored_layers(folders["float16"][0])
+        if options.tiny:
+            layers = layers[-1:]
+        started = time.perf_counter()
+        rows = []
+        for layer in layers:
+            for step in steps:
+                rows += compare_cell(manifests, layer, step, work, settings)
+        probe_s = time.perf_counter() - started
+        record_codecs(
+            options.results_dir,
+            folders,
+            rows,
+            {
+                "model": "world",
+                "size": generation["height"],
+                "steps": generation["steps"],
+                "images": len(prompts),
+                "tiny": options.tiny,
+                "config": WORLD_CONFIG,
+                "prompts": WORLD_PROMPTS,
+                "splits": counts,
+                "probe_steps": steps,
+                "tasks": settings,
+                "labels": "exact, the world labeler: saliency the palette mask of the drawn "
+                "image; depth and shading re-rendered from its scene fit (none where it fails)",
+            },
+            {
+                "images_per_task": images,
+                "seconds": {
+                    "generate": round(generate_s, 1),
+                    "label": round(label_s, 1),
+                    "probe": round(probe_s, 1),
+                },
+            },
+        )
+
+
+def demo_main(options) -> None:
+    """The store set and the codecs on the demo: its random-weight model, luminance labels."""
     if options.tiny:
         options.images, options.store_images, options.size = 8, 1, 64
 
     from ldmprobe.demo_models import build_demo_model
-    from ldmprobe.jobs import setup_job
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
-    from ldmprobe.storage import LAYOUTS
 
-    # One thread: the records are bytes and metrics, and a shared machine's other jobs make
-    # more threads slower, not faster.
-    setup_job(None, 1)
-    import logging
-
-    logging.getLogger("ldmprobe").setLevel(logging.WARNING)
     config, plan = demo_config()
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=options.work) as tmp:
         work = Path(tmp)
@@ -248,13 +465,6 @@ def main(argv=None) -> None:
             "images": options.images,
             "tiny": options.tiny,
         }
-
-        def per_image(folders) -> float:
-            """Activation bytes per image: the store less its latents (the same in all)."""
-            stores = [folder / "activations.zarr" for folder in folders]
-            total = sum(directory_bytes(s) - directory_bytes(s / "latents") for s in stores)
-            return total / len(stores)
-
         kept = {
             store: generate_stores(
                 pipe, work / store, options.store_images, BASELINE, plan, options.size, True
@@ -277,54 +487,64 @@ def main(argv=None) -> None:
                 pipe, work / "float16", options.images, BASELINE, None, options.size, False
             )
         }
-        for codec in QUANTISED:
-            name = codec["quantise"]
-            folders[name] = [work / name / folder.name for folder in folders["float16"]]
-            for source, target in zip(folders["float16"], folders[name], strict=True):
-                transcode(source, target, codec)
+        transcode_all(folders, work)
         labels = write_labels(folders["float16"], work)
         manifests = {}
         for name, images in folders.items():
             stores = [str(folder / "activations.zarr") for folder in images]
             (work / "manifests" / name).mkdir(parents=True)
             manifests[name] = str(write_manifest(work / "manifests" / name, stores, labels))
-        layers = [
-            layer["name"]
-            for layer in json.loads((folders["float16"][0] / "meta.json").read_text())["layers"]
-        ]
+        layers = stored_layers(folders["float16"][0])
         if options.tiny:
             layers = layers[-1:]
         rows = []
         for layer in layers:
             for step in STEPS if not options.tiny else [0]:
                 rows += compare_cell(manifests, layer, step, work)
-        for codec in QUANTISED:
-            name = codec["quantise"]
-            mine = [row for row in rows if row["codec"] == name]
-            record(
-                options.results_dir,
-                "codec_metrics",
-                "cpu",
-                {
-                    **common,
-                    "codec": codec,
-                    "layout": LAYOUTS[name],  # the 8-bit values' order in the chunk
-                    "baseline": BASELINE,
-                    "tasks": TASK_SETTINGS,
-                    "labels": "luminance of the final image (depth), above its median (saliency)",
-                    "splits": "".join(split[0] for split in SPLITS),
-                },
-                {
-                    "baseline_bytes_per_image": per_image(folders["float16"]),
-                    "bytes_per_image": per_image(folders[name]),
-                    "smaller": per_image(folders["float16"]) / per_image(folders[name]),
-                    "max_abs_delta": max(abs(row["delta"]) for row in mine),
-                    "max_image_delta": max(row["max_image_delta"] for row in mine),
-                    "max_val_loss_rel_change": max(row["max_val_loss_rel_change"] for row in mine),
-                    "max_output_rel_change": max(row["output_rel_change"] for row in mine),
-                    "cells": mine,
-                },
-            )
+        record_codecs(
+            options.results_dir,
+            folders,
+            rows,
+            {
+                **common,
+                "tasks": TASK_SETTINGS,
+                "labels": "luminance of the final image (depth), above its median (saliency)",
+                "splits": "".join(split[0] for split in SPLITS),
+            },
+        )
+
+
+def main(argv=None) -> None:
+    args = parser(__doc__.split("\n\n")[0])
+    args.add_argument(
+        "--model",
+        choices=["demo", "world"],
+        default="demo",
+        help="demo: the random-weight demo, the store set and the codecs (luminance labels); "
+        "world: the codecs on the known-answer world's trained model, exact labels",
+    )
+    args.add_argument("--images", type=int, default=30, help="demo: images of the codecs")
+    args.add_argument("--store-images", type=int, default=4, help="demo: images of the store set")
+    args.add_argument("--size", type=int, default=128, help="demo: image size in px")
+    for split, n in WORLD_SPLITS.items():
+        args.add_argument(f"--{split}", type=int, default=n, help=f"world: {split} images")
+    args.add_argument("--work", type=Path, help="keep stores here (default: a temp dir)")
+    options = args.parse_args(argv)
+    if options.tiny and options.model == "world":
+        options.train, options.val, options.test = 4, 2, 2
+
+    from ldmprobe.jobs import setup_job
+
+    # One thread: the records are bytes and metrics, and a shared machine's other jobs make
+    # more threads slower, not faster.
+    setup_job(None, 1)
+    import logging
+
+    logging.getLogger("ldmprobe").setLevel(logging.WARNING)
+    if options.model == "world":
+        world_main(options)
+    else:
+        demo_main(options)
 
 
 if __name__ == "__main__":

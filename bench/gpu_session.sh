@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# One lease of a CUDA machine (the H200 lent for a few minutes): trains the known-answer
-# world's two variants side by side on the one GPU (bench/world_gpu.py), then records the GPU
-# benchmark rows of issue 17 (`make bench-gpu`'s dump overhead and probe cell) in what time is
-# left. Results go to $OUT (at most 8 files come back): each variant's pipeline folder as a tar
-# split in 15 MB parts and its log, the benchmarks' log and their new records.
+# One lease of a CUDA machine (the H200 lent for a few minutes): records the GPU benchmark rows
+# of issue 17 (`make bench-gpu`'s dump overhead and probe cell, then the 100-image study end to
+# end, bench/bench_study.py), each bounded so that the lease ends in time. Results go to $OUT:
+# the benchmarks' log and their new records (bench_records.jsonl). The known-answer world's
+# training, which the first lease ran here (bench/world_gpu.py, BENCHMARKS section 9), is done
+# and committed (world/weights/diffusion), so it is no longer part of the session.
 #
 # The machine has PyTorch but not this project's pins: the wheels of the packages it lacks
-# travel in .whl/ (diffusers, transformers, zarr and their missing needs).
+# travel in .whl/ (diffusers, transformers, zarr and their missing needs). The study runs the
+# workflow, so it also needs snakemake and the demo labelers' packages (rembg, onnxruntime,
+# matplotlib, ...) among them; without them it is skipped and says so.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-MINUTES=${MINUTES:-6.2}
+STUDY_SECONDS=${STUDY_SECONDS:-420}
+STUDY_STEPS=${STUDY_STEPS:-all}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -17,20 +21,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 python3 -c "import torch, diffusers, transformers, zarr; print(torch.__version__, diffusers.__version__, transformers.__version__, zarr.__version__)" || exit 1
 
-for variant in latent16 latent32; do
-    (
-        python3 bench/world_gpu.py --variant $variant --out /tmp/$variant --minutes "$MINUTES" \
-            >"$OUT/$variant.log" 2>&1
-        tar -C /tmp/$variant -cf /tmp/$variant.tar pipeline vae/training.json sizing.json \
-            && split -b 15M -d /tmp/$variant.tar "$OUT/$variant.tar."
-    ) &
-done
-wait
-ls -la "$OUT"
-tail -n 2 "$OUT"/*.log
-
-# Issue 17's GPU rows, each bounded so that the lease ends in time; each bench appends its
-# records to bench/results/*.jsonl, whose new lines are collected in $OUT/bench_records.jsonl.
+# Each bench appends its records to bench/results/*.jsonl, whose new lines are collected in
+# $OUT/bench_records.jsonl after every bench.
 cd bench || exit 1
 export PYTHONPATH=$PYTHONPATH:$PWD
 cat results/*.jsonl | sort >/tmp/before.jsonl
@@ -41,4 +33,9 @@ bench() {
 }
 bench 100 bench_dump.py --full-size --device cuda --reps 3
 bench 60 bench_probe.py --sources synthetic --device cuda --images 24
+if python3 -c "import snakemake, rembg, onnxruntime, matplotlib" 2>>"$OUT/bench.log"; then
+    bench "$STUDY_SECONDS" bench_study.py --images 100 --device cuda --probe-steps "$STUDY_STEPS"
+else
+    echo "bench_study.py skipped: snakemake or a labeler package is missing" | tee -a "$OUT/bench.log"
+fi
 tail -n 5 "$OUT/bench.log"

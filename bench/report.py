@@ -21,6 +21,7 @@ PENDING = {
     "dump_overhead": "make bench-gpu",
     "dump_cpu": "nice .venv/bin/python bench/bench_dump.py --sizes 128 --reps 5",
     "demo_end_to_end": "nice .venv/bin/python bench/bench_demo.py",
+    "study_end_to_end": "python bench/bench_study.py --images 100 --device cuda",
 }
 
 
@@ -121,7 +122,12 @@ def probe_rows(records, machines):
                 f"{mib(x['read_peak_rss_bytes'])} ({x['read_memory_ratio']:.1f}x)",
             ]
         )
-    if not any(r["results"].get("device", "cpu") != "cpu" for r in records):
+    # A GPU row is pending for each layer size measured on the CPU and not on a GPU.
+    on_gpu = {r["config"]["layer"] for r in records if r["results"].get("device", "cpu") != "cpu"}
+    for layer in dict.fromkeys(r["config"]["layer"] for r in records):
+        if layer not in on_gpu:
+            rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", layer, *[""] * 11])
+    if not records:
         rows.append(["GPU", "", f"pending: `{PENDING['dump_overhead']}`", *[""] * 12])
     header = [
         "machine",
@@ -254,13 +260,26 @@ def codec_metric_rows(records, machines):
     return table(header, rows)
 
 
-def codec_cell_rows(records, machines):
-    """Every (layer, step) of the latest record of each codec (of any layout: the values read
-    back are the same): the change of each metric."""
+CELL_METRICS = {
+    "demo": ["saliency dice", "depth spearman", "depth pearson", "depth rmse"],
+    "world": [
+        "saliency dice",
+        "depth spearman",
+        "depth spearman_objects",
+        "shading pearson",
+        "shading pearson_objects",
+    ],
+}
+
+
+def codec_cell_rows(records, machines, model: str = "demo"):
+    """Every (layer, step) of the latest record of each codec on ``model`` (of any layout: the
+    values read back are the same): the change of each metric."""
     latest = {}
     for r in records:
-        latest[str(sorted(r["config"]["codec"].items()))] = r
-    metrics = ["saliency dice", "depth spearman", "depth pearson", "depth rmse"]
+        if r["config"]["model"] == model:
+            latest[str(sorted(r["config"]["codec"].items()))] = r
+    metrics = CELL_METRICS[model]
     rows = []
     for r in latest.values():
         name = record_codec(r["config"])
@@ -460,8 +479,55 @@ def cluster_rows(records, machines):
     return table(header, rows)
 
 
+def study_rows(records, machines):
+    """The study end to end: per stage, the span from its first job's start to its last job's
+    end (its jobs' summed seconds in brackets where they differ)."""
+    stages = ["models", "generate", "label", "probes", "tables", "figures", "report"]
+    rows = []
+    for r in records:
+        c, x = r["config"], r["results"]
+
+        def seconds(stage, x=x):
+            part = x["stages"].get(stage)
+            if part is None:
+                return ""
+            span, busy = part["span_s"], part["busy_s"]
+            return f"{span:.0f}" + (f" ({busy:.0f})" if round(busy) != round(span) else "")
+
+        rows.append(
+            [
+                machines.ref(r),
+                loads(x["load_before"]),
+                f"{c['architecture']}, {c['dtype']}, {c['size']} px, {c['steps']} steps",
+                c["images"],
+                c["device"],
+                x["jobs"],
+                *[seconds(stage) for stage in stages],
+                f"**{x['total_s']:.0f}**",
+                f"{x['images_per_s']:.2f}",
+                f"{x['bytes']['total'] / 1e9:.2f}",
+            ]
+        )
+    if not any(r["config"]["device"].startswith("cuda") for r in records):
+        pending = f"pending: `{PENDING['study_end_to_end']}`"
+        rows.append(["GPU", "", pending, "100", "cuda", *[""] * 11])
+    header = [
+        "machine",
+        "load before",
+        "model",
+        "images",
+        "device",
+        "jobs",
+        *[f"{stage} s" for stage in stages],
+        "total s",
+        "images/s (generate)",
+        "GB written",
+    ]
+    return table(header, rows)
+
+
 # Tables rendered from another benchmark's records.
-CELLS_OF = {"codec_cells": "codec_metrics"}
+CELLS_OF = {"codec_cells": "codec_metrics", "codec_cells_world": "codec_metrics"}
 
 
 def world_scenes_rows(records, machines):
@@ -488,8 +554,10 @@ RENDERERS = {
     "store_set": store_set_rows,
     "codec_metrics": codec_metric_rows,
     "codec_cells": codec_cell_rows,
+    "codec_cells_world": lambda records, machines: codec_cell_rows(records, machines, "world"),
     "dag_scale": dag_rows,
     "demo_end_to_end": demo_rows,
+    "study_end_to_end": study_rows,
     "unet_calls": calls_rows,
     "cluster_images": cluster_rows,
     "world_scenes": world_scenes_rows,

@@ -117,6 +117,20 @@ def test_store_bench_compares_the_store_settings_and_codecs(tmp_path):
     assert {metric for _task, metric in cells - headline} <= variants
 
 
+def test_store_bench_compares_the_codecs_on_the_world(tmp_path):
+    """The world mode: the committed world model's images, exact labels (tiny: 4 DDIM steps,
+    8 images, one layer at the last step; depth and shading only where the fit holds)."""
+    records = run_tiny("bench_store", tmp_path, "--model", "world")
+    assert {r["config"]["codec"]["quantise"] for r in records} == {"int8-token", "int8-channel"}
+    for entry in records:
+        assert entry["config"]["model"] == "world"
+        results = entry["results"]
+        assert results["bytes_per_image"] < results["baseline_bytes_per_image"]
+        assert results["images_per_task"]["saliency"] == {"train": 4, "val": 2, "test": 2}
+        assert {cell["layer"] for cell in results["cells"]} == {"up2.1"}
+        assert ("saliency", "dice") in {(cell["task"], cell["metric"]) for cell in results["cells"]}
+
+
 def test_dag_scale_dry_runs_the_whole_grid(tmp_path):
     (entry,) = run_tiny("bench_dag", tmp_path)
     jobs = entry["results"]["jobs"]
@@ -152,6 +166,42 @@ def test_cluster_bench_sums_the_seconds_the_job_logs_give(tmp_path):
     assert bench_cluster.logged_seconds([label], bench_cluster.LABEL_WORK) == 0.5
 
 
+def test_study_bench_runs_the_whole_workflow_and_times_its_stages(tmp_path):
+    (entry,) = run_tiny("bench_study", tmp_path, "--cores", "2")
+    results = entry["results"]
+    assert {"models", "generate", "label", "probes", "tables", "figures", "report"} <= set(
+        results["stages"]
+    )
+    assert all(stage["span_s"] >= 0 for stage in results["stages"].values())
+    assert results["stages"]["generate"]["jobs"] == 1  # 4 images, a job per 4
+    assert results["bytes"]["total"] > results["bytes"]["generation"] > 0
+    assert entry["config"]["images"] == 4 and entry["config"]["device"] == "cpu"
+
+
+def test_study_bench_reads_the_jobs_of_a_snakemake_log():
+    import bench_study
+
+    log = """[Fri Dec  4 21:21:05 2026]
+localrule generate_batch0:
+    input: a
+    jobid: 3
+[Fri Dec  4 21:21:17 2026]
+rule probe:
+    jobid: 7
+[Fri Dec  4 21:21:20 2026]
+Finished jobid: 3 (Rule: generate_batch0)
+[Fri Dec  4 21:21:30 2026]
+Finished jobid: 7 (Rule: probe)
+"""
+    stages = bench_study.stage_seconds(bench_study.job_times(log))
+    assert stages == {
+        "generate": {"jobs": 1, "busy_s": 15.0, "span_s": 15.0},
+        "probes": {"jobs": 1, "busy_s": 13.0, "span_s": 13.0},
+    }
+    assert bench_study.stage_of("labeler_scores") == "tables"
+    assert bench_study.stage_of("label_batch2") == "label"
+
+
 def test_demo_end_to_end_plans_the_demo(tmp_path):
     (entry,) = run_tiny("bench_demo", tmp_path)
     assert entry["results"]["jobs"] > 0
@@ -167,6 +217,10 @@ def test_report_renders_every_record_with_its_machine(tmp_path):
     tables = report.render_tables(records)
     assert "128x" not in tables["unet_calls"]
     assert "pending: `make bench-gpu`" in tables["dump_overhead"]
+    assert (
+        "pending: `python bench/bench_study.py --images 100 --device cuda`"
+        in (tables["study_end_to_end"])
+    )
     for entry in records:
         entry["config"]["tiny"] = False
     tables = report.render_tables(records)
