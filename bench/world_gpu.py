@@ -73,6 +73,8 @@ def time_steps(step, warmup: int = 5, timed: int = 20) -> float:
 
 
 def vae_step_time(recipe, device: str) -> float:
+    """Seconds per VAE training step: the training loop's own loss and update
+    (``train.vae_loss``, ``train.optimiser_step``) on a random batch of its shape."""
     import torch
 
     from ldmprobe.world import train
@@ -80,43 +82,39 @@ def vae_step_time(recipe, device: str) -> float:
     vae = train.build_vae(recipe).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
     x = torch.rand(recipe.vae.batch, 3, recipe.vae.crop, recipe.vae.crop, device=device) * 2 - 1
+    weight = torch.ones(recipe.vae.batch, 1, recipe.vae.crop, recipe.vae.crop, device=device)
+    generator = train.step_generator(recipe.seed, 0)
 
     def step():
-        with train.autocast(recipe, device):
-            dist = vae.encode(x).latent_dist
-            out = vae.decode(dist.mean + dist.std * torch.randn_like(dist.mean)).sample
-        loss = (out.float() - x).abs().mean() + dist.kl().float().mean() * 1e-6
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train.optimiser_step(opt, train.vae_loss(vae, x, weight, recipe, device, generator), 1e-4)
 
     return time_steps(step)
 
 
 def diffusion_step_time(recipe, latent_size: int, device: str) -> float:
+    """Seconds per U-Net and text-encoder training step: the loop's own loss and update
+    (``train.diffusion_loss``, ``train.optimiser_step``), on random latents and captions
+    of the training renders."""
     import torch
 
     from ldmprobe.world import train
 
     d = recipe.diffusion
+    captions = train.rendered_split(recipe)["train_captions"][: d.batch]
+    tokenizer = train.caption_tokenizer(captions)
+    tokens = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt")
+    tokens = tokens.input_ids.to(device)
+    text_encoder = train.build_text_encoder(recipe, tokenizer).to(device)
     unet = train.build_unet(recipe, latent_size).to(device)
-    width = d.cross_attention_dim
-    text = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(d.text_layers)])
-    text = text.to(device)
-    params = [*unet.parameters(), *text.parameters()]
+    params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    z = torch.randn(d.batch, 4, latent_size, latent_size, device=device)
-    tokens = torch.randn(d.batch, 24, width, device=device)
-    t = torch.randint(0, 1000, (d.batch,), device=device)
+    z = torch.randn(len(captions), 4, latent_size, latent_size, device=device)
+    t = torch.randint(0, 1000, (len(captions),), device=device)
+    weight = torch.ones(len(captions), device=device)
 
     def step():
-        with train.autocast(recipe, device):
-            pred = unet(z, t, encoder_hidden_states=text(tokens)).sample
-        loss = (pred.float() - z).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = train.diffusion_loss(unet, text_encoder, z, t, tokens, z, weight, recipe, device)
+        train.optimiser_step(opt, loss, 1e-4, clip=params)
 
     return time_steps(step)
 

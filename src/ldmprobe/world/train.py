@@ -335,24 +335,8 @@ def train_vae(
         x = to_tensor(train.index_select(0, idx)[window])
         weight = 1.0 + (r.object_weight - 1.0) * objects.index_select(0, idx)[window].float()
         weight = (weight / weight.mean())[:, None]
-        with autocast(recipe, device):
-            posterior = vae.encode(x).latent_dist
-            if device == "cpu":
-                eps = torch.randn(posterior.mean.shape, generator=g, dtype=posterior.mean.dtype)
-            else:
-                eps = torch.randn_like(posterior.mean)
-            out = vae.decode(posterior.mean + posterior.std * eps).sample.float()
-        loss = ((out - x).abs() * weight).mean()
-        if r.edge_weight:
-            for a, b in zip(image_gradients(out), image_gradients(x), strict=True):
-                loss = loss + r.edge_weight * (a - b).abs().mean()
-        loss = loss + r.kl_weight * posterior.kl().float().mean()
         lr = cosine_lr(r.lr, step, r.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = optimiser_step(opt, vae_loss(vae, x, weight, recipe, device, g), lr)
         progress.step(step, loss.item(), lr)
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < r.steps:
             checkpoint.save(
@@ -373,6 +357,40 @@ def train_vae(
         write_json(tmp / "training.json", {"recipe": recipe.vae_part(), **times, **quality})
     checkpoint.remove()
     return quality
+
+
+def vae_loss(vae, x, weight, recipe: Recipe, device: str, generator):
+    """One VAE batch's loss: the object-weighted L1 of the reconstruction of ``x`` through a
+    posterior sample, the edge term and the KL term. The sample's noise comes from
+    ``generator`` (the step's, on the CPU) on every device, so the CPU and CUDA runs draw
+    the same noise."""
+    import torch
+
+    r = recipe.vae
+    with autocast(recipe, device):
+        posterior = vae.encode(x).latent_dist
+        eps = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+        out = vae.decode(posterior.mean + posterior.std * eps).sample.float()
+    loss = ((out - x).abs() * weight).mean()
+    if r.edge_weight:
+        for a, b in zip(image_gradients(out), image_gradients(x), strict=True):
+            loss = loss + r.edge_weight * (a - b).abs().mean()
+    return loss + r.kl_weight * posterior.kl().float().mean()
+
+
+def optimiser_step(opt, loss, lr: float, clip: list | None = None):
+    """One update at learning rate ``lr`` (with ``clip``, those parameters' gradient norm
+    clipped to 1); returns the loss."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    return loss
 
 
 def device_name(device: str) -> str:
@@ -551,7 +569,6 @@ def train_diffusion(
     """Train U-Net and text encoder on the cached latents; save the pipeline folder."""
     ensure_torchvision_importable()
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     device = resolve_device(device)
@@ -610,18 +627,9 @@ def train_diffusion(
         zt = add_noise(abar, z0, noise, t)
         drop = torch.rand(d.batch, generator=g, device=device) < d.caption_dropout
         tokens = torch.where(drop[:, None], empty, ids.index_select(0, idx))
-        with autocast(recipe, device):
-            hidden = text_encoder(tokens).last_hidden_state
-            pred = unet(zt, t, encoder_hidden_states=hidden).sample.float()
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * weight[t]).mean()
         lr = cosine_lr(d.lr, step, d.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = diffusion_loss(unet, text_encoder, zt, t, tokens, noise, weight[t], recipe, device)
+        optimiser_step(opt, loss, lr, clip=params)
         ema.update(step)
         progress.step(step, loss.item(), lr)
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < d.steps:
@@ -674,6 +682,18 @@ def train_diffusion(
     checkpoint.remove()
     log.info("quality: %s", json.dumps(quality))
     return record
+
+
+def diffusion_loss(unet, text_encoder, zt, t, tokens, noise, weight, recipe: Recipe, device: str):
+    """One batch's epsilon loss of U-Net and text encoder, each sample weighted by ``weight``
+    (its timestep's min-SNR weight)."""
+    import torch.nn.functional as F
+
+    with autocast(recipe, device):
+        hidden = text_encoder(tokens).last_hidden_state
+        pred = unet(zt, t, encoder_hidden_states=hidden).sample.float()
+    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight).mean()
 
 
 def save_grid(path: Path, images: np.ndarray, columns: int = 8) -> None:
