@@ -14,12 +14,12 @@ from PIL import Image
 from safetensors import safe_open
 from workflow import REPO, run_snakemake, tiny_config
 
-from ldmprobe.classify_jobs import load_classifier
-from ldmprobe.classify_prompts import WORLD, resolve_class
+from ldmprobe.classification.jobs import load_classifier
+from ldmprobe.classification.prompts import WORLD, resolve_class
+from ldmprobe.core.prompts import PromptTableError
 from ldmprobe.labels import build_labeler
 from ldmprobe.models import ModelRef
-from ldmprobe.prompts import PromptTableError
-from ldmprobe.world import nets
+from ldmprobe.scenes import nets
 
 TINY = {"steps": 2, "train_images": 16, "batch_size": 4, "eval_images": 8}
 
