@@ -20,6 +20,7 @@ from ldmprobe.core.prompts import PromptTableError
 from ldmprobe.labels import build_labeler
 from ldmprobe.models import ModelRef
 from ldmprobe.scenes import nets
+from ldmprobe.world.nets import train_dense_labeler
 
 TINY = {"steps": 2, "train_images": 16, "batch_size": 4, "eval_images": 8}
 
@@ -74,7 +75,7 @@ def test_retrain_is_deterministic(retrained, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the rule's job (threads: 1)
     try:
-        nets.train_dense_labeler(nets.recipe(TINY), tmp_path / "again")
+        train_dense_labeler(nets.recipe(TINY), tmp_path / "again")
     finally:
         torch.set_num_threads(threads)
     name = "diffusion_pytorch_model.safetensors"
