@@ -3,7 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
-CORES ?= 8
+# Every core of the machine (`make demo CORES=4` to leave some free).
+CORES ?= all
 
 .PHONY: install demo report test lint format clean bench bench-gpu bench-cluster world-weights
 

@@ -5,7 +5,9 @@ Per task and headline metric (saliency Dice; depth Spearman and shading Pearson,
 pixels and over object pixels): the best U-Net layer at the last step with its bootstrap
 interval, each control's best layer at the same step, the probe minus the permuted U-Net
 (paired by image, from the per-image table), and the emergence steps of the probe's best
-layer and of the labeler on the previews. With the intervention: its summary rows.
+layer and of the labeler on the previews; where the study has its grid ceiling table, the
+ceiling of the best probe layer's token grid (the best any probe on that grid can score). With
+the intervention: its summary rows.
 
 Usage: python bench/bench_world_study.py --results results --config config/world.yaml
 """
@@ -49,6 +51,8 @@ def paired_difference(per_image: pd.DataFrame, a: dict, b: dict, seed: int = 0) 
 def study_record(results: Path) -> dict:
     metrics = pd.read_csv(results / "tables" / "metrics.csv")
     per_image = pd.read_csv(results / "tables" / "per_image_metrics.csv.gz")
+    ceiling_path = results / "tables" / "grid_ceiling.csv"
+    ceiling = pd.read_csv(ceiling_path) if ceiling_path.is_file() else None
     last = int(metrics[metrics.source == "unet"].step.max())
     rows = {}
     for task, names in HEADLINES.items():
@@ -66,6 +70,18 @@ def study_record(results: Path) -> dict:
                     "ci": [round(float(best.ci_low), 3), round(float(best.ci_high), 3)],
                     "n": int(best.n),
                 }
+            if "unet" in entry and ceiling is not None:
+                layer = entry["unet"]["layer"]
+                grid = ceiling[(ceiling.task == task) & (ceiling.metric == metric)]
+                grid = grid[grid.layers.str.split().map(set([layer]).issubset)]
+                if not grid.empty:
+                    top = grid.iloc[0]
+                    entry["grid_ceiling"] = {
+                        "grid": top.grid,
+                        "mean": round(float(top["mean"]), 3),
+                        "ci": [round(float(top.ci_low), 3), round(float(top.ci_high), 3)],
+                        "n": int(top.n),
+                    }
             if "unet" in entry:
                 probe = {"source": "unet", "layer": entry["unet"]["layer"], "step": last}
                 for control in ("unet-permuted", "position", "latent", "vae"):

@@ -368,6 +368,7 @@ def demo_rows(records, machines):
             [
                 machines.ref(r),
                 loads(x["load_before"]),
+                f"`{c.get('config', 'config/demo.yaml')}`",
                 c["cores"],
                 str(c.get("images_per_job", 1)),
                 x["jobs"],
@@ -380,10 +381,11 @@ def demo_rows(records, machines):
         )
     if not records:
         pending = f"pending: `{PENDING['demo_end_to_end']}` on an idle machine"
-        rows.append(["2-core CPU", "", "2", "", "", pending, *[""] * 4])
+        rows.append(["2-core CPU", "", "", "2", "", "", pending, *[""] * 4])
     header = [
         "machine",
         "load before",
+        "config",
         "cores",
         "images per job",
         "jobs",

@@ -400,6 +400,7 @@ def final_outputs(wildcards):
     # classification_outputs: rules/classify.smk (empty unless classification.enabled).
     return [
         f"{RESULTS}/tables/metrics.csv",
+        f"{RESULTS}/tables/grid_ceiling.csv",
         *figure_files(),
         # emergence_outputs: rules/controls_common.smk (emergence tables, comparison figures).
         *emergence_outputs(),

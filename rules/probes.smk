@@ -63,6 +63,29 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+# The best score each token grid of the denoiser allows under nearest upsampling, from the
+# exact labels of the test images: what the probes' scores are a fraction of.
+rule grid_ceiling:
+    input:
+        manifest=f"{RESULTS}/dataset.csv",
+        layers=lambda wildcards: checkpoints.layer_table.get().output[0],
+    output:
+        report(
+            f"{RESULTS}/tables/grid_ceiling.csv",
+            caption="../report/grid_ceiling.rst",
+            category="Tables",
+        ),
+    log:
+        f"{LOGS}/grid_ceiling.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        tasks=TASK_NAMES,
+        metrics=CONFIG["metrics"],
+    script:
+        "../scripts/grid_ceiling.py"
+
+
 # The labelers run on each step's preview, scored per test image against the final image's
 # label at the U-Net probe's steps: the "off-the-shelf model on the noisy image" curve.
 rule labeler_scores:

@@ -77,6 +77,9 @@ def test_config_only_estimate_matches_the_discovered_layers(full_size_layers):
     family, config, layers = full_size_layers
     estimate = get_backbone(family).estimate(config, 1024, 1024)
     assert estimate.layers == [(layer.height * layer.width, layer.channels) for layer in layers]
+    # The named table is discovery's, field for field: names, module paths, blocks, indices
+    # within the block, execution order, token grids and channels.
+    assert estimate.table == layers
 
 
 def test_sdxl_selection_by_block_attention_and_transformer_index():

@@ -108,3 +108,30 @@ def test_an_intervention_outside_an_explicit_store_is_named():
     config["intervention"].update(enabled=True, task="depth", controls=[])
     with pytest.raises(ConfigError, match=r"'intervention' reads steps \[1, 2\]"):
         check_stored(config, LAYERS, CALLS)
+
+
+@pytest.mark.parametrize("family", ["pixart", "stable-diffusion-3", "flux"])
+def test_a_transformer_family_checks_its_store_before_any_job(tmp_path, family):
+    """The transformer adapters name their layers from the denoiser's config alone, so an
+    unstored layer stops the run at the preflight, as for SD, not at the first probe cell."""
+    import json
+
+    from ldmprobe.backbones import get_backbone
+    from ldmprobe.preflight import check_store, study_table
+
+    full_size = json.loads((REPO / "tests" / "data" / "full_size_configs.json").read_text())
+    folder = tmp_path / "model" / get_backbone(family).denoiser_attribute
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(full_size[family]))
+    config = demo(store={"layers": ["*00"], "steps": "all"}, height=256, width=256)
+    config["models"]["diffusion"] = {"id": str(tmp_path / "model"), "backbone": family}
+    config["controls"]["permuted_unet"]["enabled"] = False
+    config["controls"]["vae"]["enabled"] = False
+
+    table = study_table(config)
+    assert [layer.name for layer in table][:2] in (["block00", "block01"], ["double00", "double01"])
+    assert {(layer.height, layer.width) for layer in table} == {(16, 16)}
+    with pytest.raises(ConfigError, match=r"config key 'probe' reads layers \['(block|double)01'"):
+        check_store(config)
+    config["probe"]["layers"] = ["*00"]
+    check_store(config)

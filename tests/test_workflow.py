@@ -77,6 +77,20 @@ def test_outputs_of_every_stage(study):
     compared = pd.read_csv(results / "tables/emergence_comparison.csv")
     assert compared.task.tolist() == ["depth"] and compared.sentence.str.contains("labeler").all()
     assert (summary.ci_low <= summary["mean"]).all() and (summary["mean"] <= summary.ci_high).all()
+    # The grid ceiling: per token grid of the 16 layers, over the same two test images; no
+    # probe's mean Pearson beats its grid's (the block means' Pearson is the exact maximum).
+    ceiling = pd.read_csv(results / "tables/grid_ceiling.csv")
+    grid_of = {layer["name"]: f"{layer['height']}x{layer['width']}" for layer in meta["layers"]}
+    assert set(ceiling.grid) == set(grid_of.values())
+    # One token (the 1x1 middle layer) paints one value: no correlation is defined there.
+    correlations = ceiling.metric.isin(["spearman", "pearson"])
+    assert (ceiling[correlations & (ceiling.grid == "1x1")].n == 0).all()
+    assert (ceiling[~correlations | (ceiling.grid != "1x1")].n == 2).all()
+    best = ceiling[ceiling.metric == "pearson"].set_index("grid")["mean"].dropna()
+    probed = unet[(unet.metric == "pearson") & unet.layer.map(grid_of).isin(best.index)]
+    assert len(probed) >= 4
+    for row in probed.itertuples():
+        assert row.mean <= best[grid_of[row.layer]] + 1e-9, row
     for name in (
         "heatmap/depth-spearman.png",
         "curves/depth-rmse.png",
@@ -149,7 +163,9 @@ def test_generation_setting_reruns_generation_and_downstream(study):
     path.write_text(yaml.safe_dump(settings))
     counts = jobs_to_run(run_snakemake(workdir, path, "-n"))
     downstream = {"aggregate", "figure", "examples", "emergence", "comparison_figure", "all"}
-    assert set(counts) == {"generate", "label", "dataset", "probe", "labeler_scores", *downstream}
+    assert set(counts) == {
+        "generate", "label", "dataset", "probe", "labeler_scores", "grid_ceiling", *downstream,
+    }  # fmt: skip
     assert counts["generate"] == counts["label"] == len(TINY_KEYS) and counts["probe"] == 16
 
 

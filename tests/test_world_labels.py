@@ -90,17 +90,39 @@ def _failure(image):
     return fit.failure
 
 
+def test_a_colour_drawn_twice_is_fitted_as_two_objects():
+    """A model's sample may repeat a colour, which a rendered scene never does: each connected
+    blob of a colour is one object, so the re-render matches what was drawn."""
+    scene = Scene(
+        (
+            SceneObject("cube", "green", -1.2, 5.0, 0.45),
+            SceneObject("sphere", "green", 1.3, 6.0, 0.5),
+            SceneObject("cylinder", "blue", 0.0, 8.0, 0.4),
+            SceneObject("sphere", "yellow", -2.5, 9.0, 0.5),
+        ),
+        "left",
+        (0.0, 0.0),
+    )
+    drawn = render(scene, SIZE)
+    fit = fit_scene(drawn.image)
+    assert fit.ok, fit.failure
+    assert sorted(o.colour for o in fit.scene.objects) == ["blue", "green", "green", "yellow"]
+    assert fit.iou > 0.8 and fit.psnr > 25
+    assert np.corrcoef(fit.render.depth.ravel(), drawn.depth.ravel())[0, 1] > 0.95
+
+
 def test_fit_refuses_what_is_not_a_scene(renders):
     _, arrays = renders
     grey = np.full((SIZE, SIZE, 3), 128, np.uint8)
     assert _failure(grey).startswith("no object")
     noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    assert "object colours" in _failure(noise)
-    # Four palette colours: more objects than a scene holds.
-    four = arrays["image"][0].copy()
+    assert "object blobs" in _failure(noise)
+    # Eight separate palette patches: more objects than a fit holds.
+    many = render(Scene((), "left", (0.0, 0.0)), SIZE).image.copy()
     for k, rgb in enumerate(list(PALETTE.values())[:4]):
-        four[50:58, 4 + 15 * k : 14 + 15 * k] = rgb
-    assert "object colours" in _failure(four)
+        many[40:46, 4 + 15 * k : 12 + 15 * k] = rgb
+        many[54:60, 4 + 15 * k : 12 + 15 * k] = rgb
+    assert "8 object blobs" in _failure(many)
     # A red stripe across the image is no sphere, cube or cylinder: the silhouettes miss it.
     stripe = render(Scene((), "left", (0.0, 0.0)), SIZE).image.copy()
     stripe[40:43, :] = PALETTE["red"]

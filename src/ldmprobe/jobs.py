@@ -324,6 +324,21 @@ def aggregate(
     log.info("%d cells, %d summary rows", len(cell_metrics), len(summary))
 
 
+def grid_ceiling(
+    manifest_path: str, layers_path: str, tasks: list[str], metrics_config: dict, out_path: str
+) -> None:
+    """The best score each token grid allows, per task and metric
+    (``ldmprobe.reporting.ceiling``)."""
+    from .core.io import write_csv
+    from .probing.dataset import read_manifest
+    from .reporting.ceiling import ceiling_table
+
+    layers = json.loads(Path(layers_path).read_text())["layers"]
+    table = ceiling_table(read_manifest(manifest_path), layers, tasks, metrics_config)
+    write_csv(out_path, table)
+    log.info("%d grid-ceiling rows", len(table))
+
+
 def labeler_scores(
     manifest_path: str, settings: dict[str, dict], steps: list[int], out_path: str
 ) -> None:

@@ -14,10 +14,11 @@ An adapter provides (``Backbone`` documents each member):
   figures;
 * latents: ``latent_shape(denoiser, height, width, factor)`` (channels and grid; ``factor``,
   the model's VAE downsampling, defaults to the family's ``latent_factor``);
-* the probed layers: ``probed_modules(denoiser)`` ({module path: (short name, block)}), short,
-  sortable, path-safe names; ``point(name, module_path)``, the ``trace.Point`` that reads the
-  image-token self-attention output of that module (a joint-attention family reads its image
-  stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
+* the probed layers: ``short_name(module_path)`` (short, sortable, path-safe name and block of a
+  probed module; None for any other module), from which ``probed_modules(denoiser)`` ({module
+  path: (short name, block)}) follows; ``point(name, module_path)``, the ``trace.Point`` that
+  reads the image-token self-attention output of that module (a joint-attention family reads
+  its image stream in ``Point.read`` and puts edited tokens back in ``Point.write``); and
   ``discovery_call(denoiser, latent_h, latent_w)``, one forward on zeros for the token grids;
 * the prompt: ``prompt_length(pipe, prompt)`` (the text encoder's limit, and whether it cuts);
 * the pipeline call: ``pipeline_kwargs`` (extra keyword arguments of the pipeline's
@@ -40,7 +41,9 @@ An adapter provides (``Backbone`` documents each member):
   ``vae_channels(vae)``;
 * the free-space preflight: ``denoiser_config(root)`` (its config.json, if on this machine) and
   ``estimate(config, height, width)`` from it alone (no torch: it runs at the Snakefile's
-  parse).
+  parse), with the named layer table that discovery would give (``uniform_table`` builds it
+  for a family whose layers share one token grid), so ``generation.store`` is costed per
+  layer.
 
 Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
 the bottom of this file), a builder of a tiny random-weight model of the real architecture in
@@ -143,8 +146,28 @@ class Backbone:
     ) -> tuple[int, int, int]:
         raise NotImplementedError
 
-    def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
+    def short_name(self, module_path: str) -> tuple[str, str] | None:
+        """Short name and block of a probed module's path; None for a module not probed. One
+        naming for the discovered layers and the config-only table."""
         raise NotImplementedError
+
+    def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
+        named = ((path, self.short_name(path)) for path, _module in denoiser.named_modules())
+        return {path: names for path, names in named if names is not None}
+
+    def uniform_table(self, paths: list[str], grid: tuple[int, int], channels: int) -> list:
+        """The named layer table (``layers.Layer``) of a family whose probed layers all see
+        one token grid, from the probed module paths in execution order: what discovery
+        gives, from the config alone."""
+        from .layers import Layer
+
+        table, per_block = [], {}
+        for order, path in enumerate(paths):
+            name, block = self.short_name(path)
+            index = per_block.get(block, 0)
+            per_block[block] = index + 1
+            table.append(Layer(name, path, block, index, order, *grid, channels))
+        return table
 
     def point(self, name: str, module_path: str) -> Point:
         return Point(name, module_path)

@@ -89,15 +89,13 @@ class Flux(FlowMatching, WholeCallReplay, Backbone):
         patches = tensor.view(tensor.shape[0], height // 2, width // 2, channels, 2, 2)
         return patches.permute(0, 3, 1, 4, 2, 5).reshape(tensor.shape[0], *latent_shape)
 
-    def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
-        modules = {}
-        for path, _module in denoiser.named_modules():
-            match = _PATH.match(path)
-            if match:
-                single = match["stream"] == "single_transformer"
-                name = f"{'single' if single else 'double'}{int(match['index']):02d}"
-                modules[path] = (name, path.rsplit(".", 2)[0])
-        return modules
+    def short_name(self, module_path: str) -> tuple[str, str] | None:
+        match = _PATH.match(module_path)
+        if not match:
+            return None
+        single = match["stream"] == "single_transformer"
+        name = f"{'single' if single else 'double'}{int(match['index']):02d}"
+        return name, module_path.rsplit(".", 2)[0]
 
     def point(self, name: str, module_path: str) -> Point:
         if module_path.startswith("single_"):
@@ -145,10 +143,14 @@ class Flux(FlowMatching, WholeCallReplay, Backbone):
 
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
         latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
-        tokens = (latent_h // 2) * (latent_w // 2)
+        grid = (latent_h // 2, latent_w // 2)
         channels = config["num_attention_heads"] * config["attention_head_dim"]
-        blocks = config["num_layers"] + config["num_single_layers"]
+        # Execution order: every double-stream block, then every single-stream block.
+        paths = [f"transformer_blocks.{i}.attn" for i in range(config["num_layers"])] + [
+            f"single_transformer_blocks.{i}.attn" for i in range(config["num_single_layers"])
+        ]
         return Estimate(
-            layers=[(tokens, channels)] * blocks,
+            layers=[(grid[0] * grid[1], channels)] * len(paths),
             latent=(config.get("in_channels", 64) // 4, latent_h, latent_w),
+            table=self.uniform_table(paths, grid, channels),
         )

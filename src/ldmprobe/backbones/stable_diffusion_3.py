@@ -59,13 +59,9 @@ class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
         factor = factor or self.latent_factor
         return denoiser.config.in_channels, height // factor, width // factor
 
-    def probed_modules(self, denoiser) -> dict[str, tuple[str, str]]:
-        modules = {}
-        for path, _module in denoiser.named_modules():
-            match = _PATH.match(path)
-            if match:
-                modules[path] = (f"block{int(match['index']):02d}", "transformer_blocks")
-        return modules
+    def short_name(self, module_path: str) -> tuple[str, str] | None:
+        match = _PATH.match(module_path)
+        return match and (f"block{int(match['index']):02d}", "transformer_blocks")
 
     def point(self, name: str, module_path: str) -> Point:
         return Point(name, module_path, read=image_stream, write=with_image_stream)
@@ -97,9 +93,11 @@ class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
         latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
         patch = config.get("patch_size", 2)
-        tokens = (latent_h // patch) * (latent_w // patch)
+        grid = (latent_h // patch, latent_w // patch)
         channels = config["num_attention_heads"] * config["attention_head_dim"]
+        paths = [f"transformer_blocks.{i}.attn" for i in range(config["num_layers"])]
         return Estimate(
-            layers=[(tokens, channels)] * config["num_layers"],
+            layers=[(grid[0] * grid[1], channels)] * len(paths),
             latent=(config.get("in_channels", 16), latent_h, latent_w),
+            table=self.uniform_table(paths, grid, channels),
         )

@@ -187,6 +187,58 @@ def upsample_nearest(arr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(arr, out_h // h, axis=-2), out_w // w, axis=-1)
 
 
+def block_mean(values: np.ndarray, factor: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of a map, nearest-upsampled back to its size:
+    the best block-constant map in squared error (with ``weights``: over the weighted pixels;
+    a block without weight keeps its plain mean)."""
+    h, w = values.shape[0] // factor, values.shape[1] // factor
+    blocks = values.reshape(h, factor, w, factor).astype(np.float64)
+    means = blocks.mean(axis=(1, 3))
+    if weights is not None:
+        mass = weights.reshape(h, factor, w, factor).astype(np.float64)
+        total = mass.sum(axis=(1, 3))
+        weighted = (blocks * mass).sum(axis=(1, 3)) / np.where(total > 0, total, 1.0)
+        means = np.where(total > 0, weighted, means)
+    return upsample_nearest(means, values.shape)
+
+
+def best_block_dice(true_mask: np.ndarray, factor: int) -> float:
+    """The largest Dice any block-constant mask scores against ``true_mask``: for a given
+    number of chosen blocks, those holding the most foreground are best, so the maximum is
+    over the prefixes of the blocks sorted by their foreground count."""
+    h, w = true_mask.shape[0] // factor, true_mask.shape[1] // factor
+    counts = np.sort(true_mask.reshape(h, factor, w, factor).sum(axis=(1, 3)).ravel())[::-1]
+    foreground = int(counts.sum())
+    if foreground == 0:
+        return 1.0  # the empty mask: dice()'s convention for two empty masks
+    hits = np.cumsum(counts)
+    chosen = np.arange(1, counts.size + 1) * factor * factor
+    return float((2.0 * hits / (chosen + foreground)).max())
+
+
+def grid_ceiling(
+    task_kind: str, target: np.ndarray, factor: int, foreground: np.ndarray | None = None
+) -> dict[str, float]:
+    """What a probe on a token grid ``factor`` times coarser than its label can score at best,
+    when its output is nearest-upsampled as the reference's is (every pixel of a token's
+    block gets the token's one value): per metric of ``image_metrics`` but the residual ones.
+
+    Dice is the exact maximum over block-constant masks (``best_block_dice``); the
+    continuous metrics are those of the block means (over the object pixels for
+    ``*_objects``), which maximise Pearson and minimise RMSE exactly; their Spearman is a
+    close reference, not a proven maximum."""
+    if task_kind == "binary":
+        return {"dice": best_block_dice(np.asarray(target, dtype=bool), factor)}
+    values = image_metrics(task_kind, block_mean(target, factor), target)
+    if foreground is not None:
+        keep = np.asarray(foreground, dtype=bool)
+        objects = image_metrics(task_kind, block_mean(target, factor, keep), target, keep)
+        values.update(
+            {f"{name}_objects": objects[f"{name}_objects"] for name in VARIANTS["objects"]}
+        )
+    return values
+
+
 def _check_bootstrap_args(n_resamples: int, level: float) -> None:
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")

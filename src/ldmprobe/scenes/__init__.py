@@ -72,7 +72,7 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple[SceneObject, ...]  # 1-3, distinct colours
+    objects: tuple[SceneObject, ...]  # 1-3 of distinct colours (a fitted scene: up to 6, any)
     light: str  # a key of LIGHTS
     camera_jitter: tuple[float, float]  # (pitch offset in degrees, height offset in metres)
 

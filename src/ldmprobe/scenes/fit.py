@@ -4,16 +4,17 @@ A sample from Gaussian noise shows some scene, not necessarily its caption's. It
 obtained from the image alone:
 
 - the foreground mask is exact from the image by the palette rule (``scenes.palette_mask``);
-- each palette colour present is one object (a scene's colours are distinct). Its pixels fix
-  the object: the camera pitch comes from the horizon row, the position on the plane from the
-  blob's lowest row and centre column, the size from its width. Each shape is fitted by a few
+- each connected blob of a palette colour is one object (a rendered scene's colours are
+  distinct, but a model may draw a colour twice; ``blobs``). Its pixels fix the object: the
+  camera pitch comes from the horizon row, the position on the plane from the blob's lowest
+  row and centre column, the size from its width. Each shape is fitted by a few
   fixed-point steps that move and scale the object until its rendered silhouette has the blob's
   lowest row, centre and width; the shape whose silhouette best overlaps the blob wins, and
   the light is the one whose re-render is nearest the image;
 - depth and shading are re-rendered from the fitted scene.
 
 The fit's faithfulness is the re-render against the image: mask IoU and PSNR. A fit fails when
-the image has no object, more objects than a scene holds, or falls below the thresholds; the
+the image has no object, more blobs than ``MAX_FIT_OBJECTS``, or falls below the thresholds; the
 failure says why, and the image gets no depth or shading label (it is excluded from those tasks,
 never kept with a guess). Its saliency label needs no fit: the palette mask is exact on any
 image (``label_kept`` decides, for the labeler and the faithfulness table alike). The
@@ -51,6 +52,10 @@ MIN_PSNR = 20.0
 # blending fringes; they stay in the mask and so in the IoU).
 MIN_BLOB_FRACTION = 0.002
 FIT_ITERATIONS = 6
+# A rendered scene holds 1-3 objects of distinct colours, but a model's sample may draw more, or
+# one colour twice: up to twice a scene's objects are fitted (each judged by the re-render's
+# faithfulness); more blobs than that are no scene of this world.
+MAX_FIT_OBJECTS = 2 * MAX_OBJECTS
 
 
 @dataclass
@@ -121,6 +126,23 @@ def _extent(pixels: np.ndarray):
     bottom = rows.max()
     low = cols[rows >= bottom - 1]
     return bottom + 1.0, (low.min() + low.max() + 1) / 2.0, float(cols.max() - cols.min() + 1)
+
+
+def blobs(colours: np.ndarray, min_pixels: float) -> list[tuple[int, np.ndarray]]:
+    """The objects an image shows: each connected region (8-neighbour) of one palette colour
+    with at least ``min_pixels`` pixels, as (palette index, bool mask [H, W]), in palette order.
+    A rendered scene never repeats a colour, but a model's sample can (two green boxes): each
+    region is one object, so a repeated colour is fitted as the objects it draws."""
+    from scipy import ndimage
+
+    found = []
+    for index in np.unique(colours[colours >= 0]):
+        regions, count = ndimage.label(colours == index, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(regions.ravel(), minlength=count + 1)
+        for k in np.argsort(-sizes[1:], kind="stable") + 1:
+            if sizes[k] >= min_pixels:
+                found.append((int(index), regions == k))
+    return found
 
 
 def fit_object(
@@ -202,20 +224,23 @@ def fit_scene(
         raise ValueError(f"fit_scene needs a square RGB image, got shape {image.shape}")
     mask = palette_mask(image)
     colours = colour_index(image, mask)
-    counts = np.bincount(colours[mask], minlength=len(PALETTE))
-    present = np.flatnonzero(counts >= min_blob_fraction * size * size)
-    if len(present) == 0:
+    found = blobs(colours, min_blob_fraction * size * size)
+    if not found:
         return Fit(mask, None, None, 0.0, 0.0, "no object: no palette colour covers the image")
-    if len(present) > MAX_OBJECTS:
+    if len(found) > MAX_FIT_OBJECTS:
         return Fit(
-            mask, None, None, 0.0, 0.0, f"{len(present)} object colours, a scene holds at most 3"
+            mask,
+            None,
+            None,
+            0.0,
+            0.0,
+            f"{len(found)} object blobs, a fit holds at most {MAX_FIT_OBJECTS}",
         )
     jitter = (horizon_pitch(image, mask), 0.0)
     rays = camera_rays(size, jitter)
     names = list(PALETTE)
     objects = []
-    for index in present:
-        blob = colours == index
+    for index, blob in found:
         others = mask & ~blob
         obj, _ = fit_object(blob, others, names[index], rays, jitter)
         objects.append(obj)
