@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 from benchlib import REPO, load, measure_command, parser, record
 
-from ldmprobe.config import load_schema
+from ldmprobe.core.config import load_schema
 
-# The demo model (ldmprobe.demo_models) of each labeler's architecture.
+# The demo model (ldmprobe.models.demo_models) of each labeler's architecture.
 DEMO_LABELERS = {
     "dpt": "dpt-depth",
     "tracer": "tracer-saliency",

@@ -4,7 +4,7 @@ Zarr vs the plain diffusers pipeline call, in one process, same pipeline, same p
 Modes, interleaved per repetition (the order rotates) and compared by their medians:
 
 - ``plain``: ``pipe(prompt, latents=...)``, no hooks (decodes the final image too);
-- ``dump``: ``ldmprobe.generation.generate`` without previews: hooks, Zarr writes through
+- ``dump``: ``ldmprobe.generation.generate.generate`` without previews: hooks, Zarr writes through
   the background writer thread, latents, image and meta files;
 - ``dump_sync``: the same with synchronous writes (``write_queue=0``): the before of the
   writer thread;
@@ -39,7 +39,7 @@ def build_model(full_size: bool, out_dir: Path) -> float:
 
         build_full_size_sd(out_dir)
     else:
-        from ldmprobe.demo_models import build_demo_model
+        from ldmprobe.models.demo_models import build_demo_model
 
         build_demo_model("stable-diffusion", out_dir)
     return time.perf_counter() - start
@@ -48,7 +48,7 @@ def build_model(full_size: bool, out_dir: Path) -> float:
 def run_mode(pipe, mode: str, prompt: str, seed: int, size: int, steps: int, out: Path):
     import torch
 
-    from ldmprobe.generation import GenerationSettings, generate, initial_noise
+    from ldmprobe.generation.generate import GenerationSettings, generate, initial_noise
 
     if mode == "plain":
         with torch.no_grad():

@@ -18,14 +18,14 @@ import time
 import numpy as np
 from benchlib import parser, record
 
-from ldmprobe.intervention.plan import TASK_DEFAULTS
+from ldmprobe.generation.reads import TASK_DEFAULTS
 
 
 def random_probes(layers, steps, kind):
     import torch
 
     from ldmprobe.intervention.optimise import EditProbe
-    from ldmprobe.probes import LinearProbe, ProbeSettings
+    from ldmprobe.probing.probes import LinearProbe, ProbeSettings
 
     torch.manual_seed(0)
     return {
@@ -57,12 +57,12 @@ def bench_generation(task: str, size: int, iterations: int, results_dir, tiny: b
     import torch
 
     from ldmprobe.backbones import backbone_of
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.backbones.layers import discover_layers
+    from ldmprobe.core.tasks import TASKS
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
     from ldmprobe.intervention.optimise import EditSettings
-    from ldmprobe.layers import discover_layers
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
-    from ldmprobe.tasks import TASKS
+    from ldmprobe.models.demo_models import build_demo_model
 
     torch.set_num_threads(1)
     kind = TASKS[task].kind
@@ -105,9 +105,9 @@ def bench_sites(task: str, iterations: int, results_dir, tiny: bool) -> None:
     from full_size import unet_on_meta
 
     from ldmprobe.backbones import DEFAULT_BACKBONE, get_backbone
+    from ldmprobe.backbones.layers import discover_layers
+    from ldmprobe.core.tasks import TASKS
     from ldmprobe.intervention.optimise import EditSettings, optimise_activation
-    from ldmprobe.layers import discover_layers
-    from ldmprobe.tasks import TASKS
 
     torch.set_num_threads(1)
     kind = TASKS[task].kind

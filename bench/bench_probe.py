@@ -9,9 +9,9 @@ weight gradient, nothing else: what any gradient-trained probe must compute.
 One cell per layer size. Two kinds of stores:
 
 - ``synthetic``: the real SD v1.x layer sizes (64x64x320, 32x32x640, 16x16x1280, 8x8x1280),
-  random fp16 values written through ``ldmprobe.storage.create_store``;
-- ``demo``: stores written by ``ldmprobe.generation.generate`` with the demo model at 512 px
-  (the real token counts, the demo's small channel widths).
+  random fp16 values written through ``ldmprobe.generation.storage.create_store``;
+- ``demo``: stores written by ``ldmprobe.generation.generate.generate`` with the demo model at
+  512 px (the real token counts, the demo's small channel widths).
 
 Labels are written by ``ldmprobe.labels.label_image`` (final image and every step's preview,
 as the label jobs write them) from smooth random maps. Every measurement runs in a fresh
@@ -79,8 +79,8 @@ def write_labels(work: Path, n_images: int, label_size: int, previews: int) -> d
     """One binary label file (saliency) and one continuous (depth, shading) per image."""
     from PIL import Image
 
+    from ldmprobe.core.tasks import TASKS
     from ldmprobe.labels import label_image
-    from ldmprobe.tasks import TASKS
 
     image = work / "image.png"
     Image.new("RGB", (label_size, label_size), (128, 128, 128)).save(image)
@@ -107,9 +107,9 @@ def write_labels(work: Path, n_images: int, label_size: int, previews: int) -> d
 
 
 def write_synthetic_stores(work: Path, n_images: int, sizes, codec: dict) -> list[str]:
-    from ldmprobe.io import atomic_directory
-    from ldmprobe.layers import Layer
-    from ldmprobe.storage import array_path, create_store
+    from ldmprobe.backbones.layers import Layer
+    from ldmprobe.core.io import atomic_directory
+    from ldmprobe.generation.storage import array_path, create_store
 
     layers = [
         Layer(name, name, name.split(".")[0], 0, order, side, side, channels).to_dict()
@@ -134,10 +134,10 @@ def write_synthetic_stores(work: Path, n_images: int, sizes, codec: dict) -> lis
 
 
 def write_demo_stores(work: Path, n_images: int, size: int, steps: int, codec: dict):
-    from ldmprobe.demo_models import build_demo_model
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
+    from ldmprobe.generation.storage import open_store
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
-    from ldmprobe.storage import open_store
+    from ldmprobe.models.demo_models import build_demo_model
 
     build_demo_model("stable-diffusion", work / "model")
     pipe = load_diffusion_pipeline(ModelRef("bench", str(work / "model")), "lms", "float32", "cpu")
@@ -166,7 +166,7 @@ def write_demo_stores(work: Path, n_images: int, size: int, steps: int, codec: d
 def write_manifest(work: Path, stores: list[str], labels: dict) -> Path:
     import pandas as pd
 
-    from ldmprobe.dataset import build_manifest
+    from ldmprobe.probing.dataset import build_manifest
 
     prompts = pd.DataFrame(
         {
@@ -210,10 +210,10 @@ def worker(
     or the whole probe job."""
     import torch
 
-    from ldmprobe.cell import Cell, load_activations
-    from ldmprobe.dataset import read_manifest
     from ldmprobe.jobs import probe
     from ldmprobe.models import resolve_device
+    from ldmprobe.probing.cell import Cell, load_activations
+    from ldmprobe.probing.dataset import read_manifest
 
     torch.set_num_threads(1)
     settings = {task: {**values, "epochs": epochs} for task, values in TASK_SETTINGS.items()}
@@ -267,10 +267,11 @@ def compare_huber(manifest: Path, layer: str, epochs: int, reps: int) -> dict:
     interleaved in one process; the cross-entropy task is the same in both."""
     import torch
 
-    from ldmprobe.cell import Cell, load_activations
-    from ldmprobe.dataset import read_manifest
-    from ldmprobe.labels import TASKS, load_label
-    from ldmprobe.probes import ProbeSettings, ProbeTask, train_probes
+    from ldmprobe.core.tasks import TASKS
+    from ldmprobe.labels import load_label
+    from ldmprobe.probing.cell import Cell, load_activations
+    from ldmprobe.probing.dataset import read_manifest
+    from ldmprobe.probing.probes import ProbeSettings, ProbeTask, train_probes
 
     torch.set_num_threads(1)
     table = read_manifest(str(manifest))

@@ -1,9 +1,9 @@
 """Item 3, storage: bytes per image on disk vs raw fp16 for each ``generation.codec``.
 
-Activations come from ``ldmprobe.generation.generate`` (every self-attention layer, every
+Activations come from ``ldmprobe.generation.generate.generate`` (every self-attention layer, every
 U-Net call) with the demo model, or the full-size SD v1.4 architecture with ``--full-size``.
 Each image's store is written once without compression, then every chunk is written again
-through ``ldmprobe.storage.create_store`` with each codec (write and read speed timed per
+through ``ldmprobe.generation.storage.create_store`` with each codec (write and read speed timed per
 codec). Random fp16 values of the same shapes are the incompressible reference. Random-weight
 models' activations compress differently from trained ones: REFERENCE.md quotes 1.05-1.36x
 for real SD v1.x activations.
@@ -43,7 +43,7 @@ def generate_stores(work: Path, full_size: bool, device: str, images: int, size:
     """Uncompressed stores of real generation runs; returns their paths."""
     from bench_dump import build_model
 
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
 
     build_model(full_size, work / "model")
@@ -71,7 +71,7 @@ def generate_stores(work: Path, full_size: bool, device: str, images: int, size:
 
 
 def activation_arrays(store) -> dict[str, np.ndarray]:
-    from ldmprobe.storage import open_store
+    from ldmprobe.generation.storage import open_store
 
     group = open_store(store)
     return {
@@ -83,7 +83,7 @@ def activation_arrays(store) -> dict[str, np.ndarray]:
 def encode(arrays: dict[str, np.ndarray], path: Path, codec: dict) -> dict:
     """Write ``arrays`` chunk by chunk with ``codec`` (``write_chunk``, as generation does),
     then read every chunk back; the read values' RMS error relative to the values' RMS."""
-    from ldmprobe.storage import create_store, open_store, read_chunk, write_chunk
+    from ldmprobe.generation.storage import create_store, open_store, read_chunk, write_chunk
 
     start = time.perf_counter()
     group = create_store(path, {k: (v.shape, str(v.dtype)) for k, v in arrays.items()}, codec)
@@ -127,9 +127,9 @@ def main(argv=None) -> None:
     if options.codecs:
         codecs = [codec for codec in CODECS if codec_label(codec) in options.codecs]
 
+    from ldmprobe.generation.storage import LAYOUTS
     from ldmprobe.jobs import setup_job
     from ldmprobe.models import resolve_device
-    from ldmprobe.storage import LAYOUTS
 
     setup_job(None)
     import logging
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
                     "model": "sd-v1.4 full size" if options.full_size else "demo",
                     "data": kind,
                     "codec": codec,
-                    # The 8-bit values' order in the chunk (ldmprobe.storage.LAYOUTS).
+                    # The 8-bit values' order in the chunk (ldmprobe.generation.storage.LAYOUTS).
                     **({"layout": LAYOUTS[codec["quantise"]]} if codec.get("quantise") else {}),
                     "size": options.size,
                     "steps": options.steps,

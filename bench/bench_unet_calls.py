@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from benchlib import REPO, parser, record
 
-from ldmprobe.config import load_config
+from ldmprobe.core.config import load_config
 
 
 def count_calls(steps: list[int], units: int, images: int, calls_per_image: int) -> dict:
@@ -26,14 +26,14 @@ def grid(config: dict) -> tuple[list, list[int], int]:
     """The probed layers and steps of ``config`` and the U-Net calls per image."""
     from full_size import unet_on_meta
 
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from diffusers import DDPMScheduler
 
     from ldmprobe.backbones import get_backbone
-    from ldmprobe.generation import count_unet_calls
-    from ldmprobe.layers import discover_layers, select_layers
+    from ldmprobe.backbones.layers import discover_layers, select_layers
+    from ldmprobe.generation.generate import count_unet_calls
     from ldmprobe.models import make_scheduler
 
     generation = config["generation"]

@@ -11,8 +11,8 @@ import time
 
 from benchlib import parser, record
 
-from ldmprobe.world.fit import fit_scene
-from ldmprobe.world.scenes import render_dataset
+from ldmprobe.scenes import render_dataset
+from ldmprobe.scenes.fit import fit_scene
 
 
 def main(argv=None) -> None:

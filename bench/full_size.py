@@ -61,7 +61,7 @@ def unet_on_meta():
     """The full-size U-Net's structure without weights: layer discovery and counting."""
     import torch
 
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from diffusers import UNet2DConditionModel
@@ -74,7 +74,7 @@ def build_full_size_sd(out_dir: Path, seed: int = 0, dtype: str = "float16") -> 
     """Save a random-weight SD v1.4-architecture pipeline to ``out_dir`` (about 2 GB in fp16)."""
     import torch
 
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from diffusers import (
@@ -85,8 +85,8 @@ def build_full_size_sd(out_dir: Path, seed: int = 0, dtype: str = "float16") -> 
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from ldmprobe.demo_models import clip_byte_vocabulary
-    from ldmprobe.io import atomic_directory
+    from ldmprobe.core.io import atomic_directory
+    from ldmprobe.models.demo_models import clip_byte_vocabulary
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer(vocab=clip_byte_vocabulary(), merges=[], model_max_length=77)

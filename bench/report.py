@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchlib import REPO, RESULTS, read_records
 
-from ldmprobe.io import atomic_file
+from ldmprobe.core.io import atomic_file
 
 PENDING = {
     "dump_overhead": "make bench-gpu",

@@ -137,7 +137,7 @@ def main() -> None:
 
     import torch
 
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
     from ldmprobe.world import train
 
     ensure_torchvision_importable()

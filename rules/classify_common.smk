@@ -1,6 +1,6 @@
 # Parse-time part of the classification experiment (rules/classify.smk): its prompt table
 # with the target ImageNet class of every row, and helpers of its rules.
-from ldmprobe.classify_prompts import load_classification_prompts
+from ldmprobe.classification.prompts import load_classification_prompts
 
 CLASSIFICATION = CONFIG["classification"]
 CLASSIFY = f"{RESULTS}/classification"

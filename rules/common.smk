@@ -6,8 +6,12 @@ import re
 from dataclasses import dataclass, field
 
 from ldmprobe.backbones import get_backbone
-from ldmprobe.batches import batch_paths, image_batches, table_order
-from ldmprobe.config import ConfigError, probe_settings, validate_config
+from ldmprobe.core.batches import batch_paths, image_batches, table_order
+from ldmprobe.core.config import ConfigError, probe_settings, validate_config
+from ldmprobe.core.prompts import ID_PATTERN, PromptTableError, load_prompts
+from ldmprobe.core.tasks import TASKS
+from ldmprobe.generation.reads import check_stored, store_plan
+from ldmprobe.generation.sources import DENOISER
 from ldmprobe.labels import check_labelers, label_model_ref, task_reads_record
 from ldmprobe.models import (
     DamagedModelError,
@@ -22,10 +26,6 @@ from ldmprobe.preflight import (
     check_store,
     disk_preflight,
 )
-from ldmprobe.reads import check_stored, store_plan
-from ldmprobe.prompts import ID_PATTERN, PromptTableError, load_prompts
-from ldmprobe.sources import DENOISER
-from ldmprobe.tasks import TASKS
 
 
 def fail(message):
@@ -362,7 +362,7 @@ def layer_table():
 
 def probe_grid():
     """(layer, step) cells selected by probe.layers and probe.steps."""
-    from ldmprobe.layers import Layer, select_layers
+    from ldmprobe.backbones.layers import Layer, select_layers
 
     table = layer_table()
     layers = [Layer(**entry) for entry in table["layers"]]

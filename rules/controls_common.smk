@@ -1,7 +1,7 @@
 # Parse-time part of the controls and the emergence stage (config keys `controls`,
 # `metrics.emergence_fraction`): which sources are probed on which grid, and their outputs.
-# Each source's facts are declared once, in ldmprobe.sources.
-from ldmprobe.sources import PERMUTED, VAE, named, probed
+# Each source's facts are declared once, in ldmprobe.generation.sources.
+from ldmprobe.generation.sources import PERMUTED, VAE, named, probed
 
 SOURCES = probed(CONFIG, BACKBONE.kind)
 
@@ -27,7 +27,7 @@ def source_grid(source):
     if declared.layer is not None:
         return [declared.layer["name"]], steps
     if section.get("layers") is not None:
-        from ldmprobe.layers import Layer, select_layers
+        from ldmprobe.backbones.layers import Layer, select_layers
 
         table = [Layer(**entry) for entry in layer_table()["layers"]]
         try:

@@ -26,7 +26,7 @@ except PlanError as error:
 def intervention_cells():
     """(edited layer names, edited steps), once the layer table is known."""
     table = layer_table()
-    from ldmprobe.layers import Layer
+    from ldmprobe.backbones.layers import Layer
 
     try:
         return edited_cells(

@@ -2,7 +2,7 @@
 # and the object classifier, trained on renders, and the exact labeler's world definition.
 # Their folders are committed under world.weights_dir; `snakemake <folders> --forcerun
 # world_spec world_labeler world_classifier` retrains them from scratch (README).
-from ldmprobe.world.nets import CLASSIFIER_DEFAULTS, recipe
+from ldmprobe.scenes.nets import CLASSIFIER_DEFAULTS, recipe
 
 # WORLD_WEIGHTS: rules/common.smk (models there are trained here only when absent).
 try:

@@ -1,6 +1,6 @@
 from ldmprobe import jobs
-from ldmprobe.batches import image_entries
-from ldmprobe.classify_jobs import classify_job
+from ldmprobe.classification.jobs import classify_job
+from ldmprobe.core.batches import image_entries
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 classify_job(

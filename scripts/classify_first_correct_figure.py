@@ -1,5 +1,5 @@
 from ldmprobe import jobs
-from ldmprobe.classify_jobs import first_correct_figure_job
+from ldmprobe.classification.jobs import first_correct_figure_job
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 # A list input: the one emergence table when classification.compare_with_probes is set, or empty.

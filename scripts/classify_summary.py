@@ -1,5 +1,5 @@
 from ldmprobe import jobs
-from ldmprobe.classify_jobs import summary_job
+from ldmprobe.classification.jobs import summary_job
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 summary_job(

@@ -1,5 +1,5 @@
 from ldmprobe import jobs
-from ldmprobe.classify_jobs import topk_figure_job
+from ldmprobe.classification.jobs import topk_figure_job
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 topk_figure_job(

@@ -1,5 +1,5 @@
 from ldmprobe import jobs
-from ldmprobe.batches import image_entries
+from ldmprobe.core.batches import image_entries
 
 jobs.setup_job(snakemake.log[0], snakemake.threads)
 jobs.label(

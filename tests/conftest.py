@@ -16,7 +16,7 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory) -> Path:
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.models.demo_models import build_demo_model
 
     root = tmp_path_factory.mktemp("demo-models")
     for kind in ("stable-diffusion", "dpt-depth"):

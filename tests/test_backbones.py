@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from ldmprobe.backbones import BACKBONES, backbone_of, get_backbone
-from ldmprobe.config import ConfigError, validate_config
-from ldmprobe.generation import initial_noise
-from ldmprobe.layers import discover_layers
+from ldmprobe.backbones.layers import discover_layers
+from ldmprobe.backbones.trace import Trace
+from ldmprobe.core.config import ConfigError, validate_config
+from ldmprobe.generation.generate import initial_noise
 from ldmprobe.preflight import check_consistency
-from ldmprobe.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ldmprobe.batches import ImageBatch, batch_paths, image_batches, image_entries, table_order
+from ldmprobe.core.batches import ImageBatch, batch_paths, image_batches, image_entries, table_order
 
 KEYS = [("lemon", 1), ("car", 2), ("owl", 3), ("boat", 4), ("house", 5)]
 
@@ -52,7 +52,7 @@ def test_image_entries_pair_each_image_with_its_paths():
 
 
 def test_table_order_is_the_files_then_their_rows(tmp_path):
-    from ldmprobe.prompts import load_prompts
+    from ldmprobe.core.prompts import load_prompts
 
     (tmp_path / "b.csv").write_text("prompt_id,prompt,seed\nzebra,z,1\napple,a,2\n")
     (tmp_path / "a.csv").write_text("prompt_id,prompt,seed\nmango,m,3\n")

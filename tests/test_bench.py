@@ -11,7 +11,7 @@ import pytest
 import yaml
 from workflow import REPO
 
-from ldmprobe.storage import ActivationWriter, create_store
+from ldmprobe.generation.storage import ActivationWriter, create_store
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -108,8 +108,8 @@ def test_store_bench_compares_the_store_settings_and_codecs(tmp_path):
     cells = {(cell["task"], cell["metric"]) for cell in metrics["cells"]}
     # Every metric the cell writes: each task's own, and the variants (depth's *_objects,
     # *_residual) where the labels give them.
-    from ldmprobe.metrics import VARIANTS
-    from ldmprobe.tasks import TASKS
+    from ldmprobe.core.metrics import VARIANTS
+    from ldmprobe.core.tasks import TASKS
 
     headline = {(task, metric) for task in ("saliency", "depth") for metric in TASKS[task].metrics}
     variants = {f"{name}_{variant}" for variant, names in VARIANTS.items() for name in names}

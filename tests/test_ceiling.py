@@ -1,5 +1,5 @@
-"""The grid ceiling (ldmprobe.metrics.grid_ceiling, ldmprobe.ceiling): the best score a probe
-on a token grid can reach when its output is nearest-upsampled to the label."""
+"""The grid ceiling (ldmprobe.core.metrics.grid_ceiling, ldmprobe.reporting.ceiling): the best
+score a probe on a token grid can reach when its output is nearest-upsampled to the label."""
 
 import itertools
 
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ldmprobe import metrics
-from ldmprobe.ceiling import ceiling_table, grids
+from ldmprobe.core import metrics
+from ldmprobe.reporting.ceiling import ceiling_table, grids
 
 
 def block_masks(shape: tuple[int, int], factor: int):

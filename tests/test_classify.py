@@ -16,10 +16,10 @@ import zarr
 from PIL import Image
 from workflow import jobs_to_run, run_snakemake, tiny_config
 
-from ldmprobe.classify_figures import first_correct_figure, topk_figure
-from ldmprobe.classify_jobs import classify_job, first_correct_figure_job, load_classifier
-from ldmprobe.classify_prompts import imagenet_classes, load_classification_prompts
-from ldmprobe.classify_stats import (
+from ldmprobe.classification.figures import first_correct_figure, topk_figure
+from ldmprobe.classification.jobs import classify_job, first_correct_figure_job, load_classifier
+from ldmprobe.classification.prompts import imagenet_classes, load_classification_prompts
+from ldmprobe.classification.stats import (
     FINAL,
     class_ranks,
     curves_table,
@@ -29,10 +29,10 @@ from ldmprobe.classify_stats import (
     summary_table,
     top_k_table,
 )
-from ldmprobe.io import write_csv
-from ldmprobe.metrics import bootstrap_ci
+from ldmprobe.core.io import write_csv
+from ldmprobe.core.metrics import bootstrap_ci
+from ldmprobe.core.prompts import PromptTableError
 from ldmprobe.models import MissingModelError, ModelRef
-from ldmprobe.prompts import PromptTableError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,7 +355,7 @@ def test_bad_table_layout(tmp_path, text, message):
 
 
 def test_shipped_tables():
-    from ldmprobe.config import load_config
+    from ldmprobe.core.config import load_config
 
     for name in ("config.yaml", "demo.yaml"):
         section = load_config(REPO / "config" / name)["classification"]
@@ -368,7 +368,7 @@ def test_shipped_tables():
 
 
 def test_class_names_are_timms():
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from timm.data import ImageNetInfo
@@ -384,7 +384,7 @@ def test_class_names_are_timms():
 
 @pytest.fixture(scope="module")
 def vgg16(tmp_path_factory):
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.models.demo_models import build_demo_model
 
     path = tmp_path_factory.mktemp("models") / "vgg16"
     build_demo_model("vgg16", path, seed=0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldmprobe.config import ConfigError, load_config, probe_settings, validate_config
+from ldmprobe.core.config import ConfigError, load_config, probe_settings, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,11 +67,11 @@ def test_bad_config_names_the_key(edit, message):
 
 
 def test_schema_reads_the_declared_tasks_and_controls():
-    """Task names come from ldmprobe.tasks; the controls section has one entry per declared
-    control source (ldmprobe.sources), and nothing else."""
-    from ldmprobe.config import load_schema
-    from ldmprobe.sources import CONTROLS
-    from ldmprobe.tasks import TASKS
+    """Task names come from ldmprobe.core.tasks; the controls section has one entry per declared
+    control source (ldmprobe.generation.sources), and nothing else."""
+    from ldmprobe.core.config import load_schema
+    from ldmprobe.core.tasks import TASKS
+    from ldmprobe.generation.sources import CONTROLS
 
     schema = load_schema()["properties"]
     for section in ("labels", "probe"):

@@ -10,11 +10,12 @@ import pytest
 import torch
 import zarr
 
-from ldmprobe import jobs, sources
-from ldmprobe.aggregate import summarise_metrics
-from ldmprobe.generation import permute_weights
+from ldmprobe import jobs
+from ldmprobe.generation import sources
+from ldmprobe.generation.generate import permute_weights
+from ldmprobe.generation.sources import GUIDED, named
 from ldmprobe.models import ModelRef, load_diffusion_pipeline
-from ldmprobe.sources import GUIDED, named
+from ldmprobe.reporting.aggregate import summarise_metrics
 
 PERMUTED = sources.PERMUTED.name("unet")
 VAE, VAE_LAYER = sources.VAE.name(), sources.VAE.layer["name"]
@@ -185,7 +186,7 @@ def test_latent_tokens_are_the_unet_input_per_position(controlled):
 
 def test_controls_off_write_only_the_unet(demo_models, tmp_path):
     pipe = fresh_pipe(demo_models)
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
 
     settings = GenerationSettings(height=64, width=64, steps=2, codec={"name": "none"})
     meta = generate(

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from ldmprobe.config import ConfigError, load_config, validate_config
+from ldmprobe.core.config import ConfigError, load_config, validate_config
 from ldmprobe.intervention import jobs
 from ldmprobe.intervention.plan import conditions
 from ldmprobe.intervention.summary import summarise_edits
@@ -72,7 +72,7 @@ def test_the_depth_condition_is_the_target_and_a_mask_is_near_on_far():
 @pytest.fixture(scope="module")
 def depth2img_study(tmp_path_factory):
     """The tiny SD 2 depth and the demo's DPT, an original image and its depth label."""
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.models.demo_models import build_demo_model
 
     root = tmp_path_factory.mktemp("depth2img")
     build_demo_model("stable-diffusion-2-depth", root / "sd2-depth", seed=0)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ldmprobe import metrics
-from ldmprobe.emergence import comparison, emergence_table, labeler_scores
+from ldmprobe.core import metrics
+from ldmprobe.reporting.emergence import comparison, emergence_table, labeler_scores
 
 
 def brute_force_emergence(steps, curve, fraction, higher_is_better=True):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldmprobe.config import ConfigError, validate_config
-from ldmprobe.io import atomic_directory, atomic_file
+from ldmprobe.core.config import ConfigError, validate_config
+from ldmprobe.core.io import atomic_directory, atomic_file
+from ldmprobe.core.prompts import PromptTableError, load_prompts
 from ldmprobe.preflight import check_consistency
-from ldmprobe.prompts import PromptTableError, load_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ def store(tmp_path):
     """A small store as generation makes it: one array, one chunk per step, compressed."""
     import numpy as np
 
-    from ldmprobe.storage import create_store
+    from ldmprobe.generation.storage import create_store
 
     path = tmp_path / "activations.zarr"
     group = create_store(path, {"unet/cond/mid.0": ((3, 4, 8), "float16")}, {"name": "zstd"})
@@ -231,7 +231,7 @@ def chunk_of(store: Path, step: int) -> Path:
 
 
 def read(store: Path, step: int):
-    from ldmprobe.storage import open_store, read_chunk
+    from ldmprobe.generation.storage import open_store, read_chunk
 
     return read_chunk(open_store(store), "unet/cond/mid.0", step, store)
 
@@ -256,7 +256,7 @@ def read(store: Path, step: int):
     ],
 )
 def test_damaged_store_names_its_path_and_rule(store, damage, fragment):
-    from ldmprobe.storage import StoreError
+    from ldmprobe.generation.storage import StoreError
 
     assert float(read(store, 1)[0, 0]) == 2.0
     damage(store)
@@ -279,7 +279,7 @@ def test_pause_point_stops_only_at_the_named_point(tmp_path):
 
     marker = tmp_path / "paused.txt"
     code = (
-        "from ldmprobe.io import write_json\n"
+        "from ldmprobe.core.io import write_json\n"
         "write_json('a/meta.json', {})\n"
         "write_json('b/meta.json', {})\n"
         "print('not stopped')\n"

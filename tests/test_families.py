@@ -1,7 +1,7 @@
 """The model families behind the backbone seam (SDXL, PixArt, SD3, Flux): layer names as a
 contract (full-size architectures on the meta device), and each family's tiny random model
-generating through the adapter's real loading code (``ldmprobe.demo_models``, saved and loaded
-back offline)."""
+generating through the adapter's real loading code (``ldmprobe.models.demo_models``, saved and
+loaded back offline)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import zarr
 from PIL import Image
 
 from ldmprobe.backbones import BACKBONES, backbone_of, get_backbone
-from ldmprobe.config import ConfigError
-from ldmprobe.generation import GenerationSettings, generate
-from ldmprobe.layers import discover_layers, select_layers
+from ldmprobe.backbones.layers import discover_layers, select_layers
+from ldmprobe.core.config import ConfigError
+from ldmprobe.generation.generate import GenerationSettings, generate
 from ldmprobe.models import ModelRef, load_denoiser_on_meta, load_diffusion_pipeline
 from ldmprobe.preflight import check_consistency, image_footprint
 
@@ -36,7 +36,7 @@ CONTRACT = {
 
 
 def full_size(family: str):
-    from ldmprobe.compat import ensure_torchvision_importable
+    from ldmprobe.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import diffusers
@@ -109,7 +109,7 @@ TINY = {  # builder: (backbone, scheduler, halves)
 
 @pytest.fixture(scope="module")
 def family_models(tmp_path_factory):
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.models.demo_models import build_demo_model
 
     root = tmp_path_factory.mktemp("family-models")
     for kind in TINY:
@@ -262,7 +262,7 @@ def test_flux_has_no_unconditional_half(family_models, tmp_path):
 def config_for(backbone: str, **generation) -> dict:
     import yaml
 
-    from ldmprobe.config import validate_config
+    from ldmprobe.core.config import validate_config
 
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     config["models"]["diffusion"]["backbone"] = backbone
@@ -284,7 +284,7 @@ def test_config_checks_name_the_key_for_each_family():
 
 @pytest.mark.parametrize("name", ["sdxl", "pixart", "sd3", "flux"])
 def test_reference_config_of_each_family_is_valid(name):
-    from ldmprobe.config import load_config
+    from ldmprobe.core.config import load_config
 
     config = load_config(REPO / "config" / f"{name}.yaml")
     check_consistency(config)
@@ -300,7 +300,7 @@ def test_layer_discovery_calls_a_half_precision_denoiser_with_its_own_dtype(
     # stopped there). bfloat16 runs on the CPU.
     import torch
 
-    from ldmprobe.demo_models import build_demo_model
+    from ldmprobe.models.demo_models import build_demo_model
 
     folder = family_models / kind
     if kind == "stable-diffusion":

@@ -5,9 +5,10 @@ import pytest
 import torch
 import zarr
 
+from ldmprobe.backbones.layers import discover_layers, select_layers
+from ldmprobe.backbones.schedule import alpha_bar
 from ldmprobe.backbones.stable_diffusion import StableDiffusion, layer_name
-from ldmprobe.generation import GenerationSettings, alpha_bar, generate, initial_noise
-from ldmprobe.layers import discover_layers, select_layers
+from ldmprobe.generation.generate import GenerationSettings, generate, initial_noise
 from ldmprobe.models import ModelRef, load_denoiser_on_meta
 
 SD = StableDiffusion()

@@ -30,7 +30,7 @@ from ldmprobe.intervention.targets import (
     translated_label,
     trial_rng,
 )
-from ldmprobe.probes import LinearProbe, ProbeSettings
+from ldmprobe.probing.probes import LinearProbe, ProbeSettings
 
 # --- targets ---------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ def record_attention(pipe, layers, run):
     generates. Read at the attn1 module, whose output is the edited projection's, so edits
     made on the projection are seen."""
     from ldmprobe.backbones import backbone_of
-    from ldmprobe.trace import Point, Trace
+    from ldmprobe.backbones.trace import Point, Trace
 
     backbone = backbone_of(pipe)
     records = {}
@@ -343,8 +343,8 @@ def record_attention(pipe, layers, run):
 
 def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(demo_pipe, tmp_path):
     from ldmprobe.backbones import backbone_of
+    from ldmprobe.backbones.layers import discover_layers
     from ldmprobe.intervention.edit import ProbeEdit, generate_edited
-    from ldmprobe.layers import discover_layers
 
     pipe = demo_pipe
     layers = discover_layers(backbone_of(pipe), pipe.unet, 8, 8)
@@ -394,7 +394,7 @@ def test_the_trace_edit_changes_only_the_edited_sites_of_the_conditional_half(de
     # Unedited, the intervention's generation is the study's own image: PSNR measures the edit.
     from PIL import Image
 
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
 
     settings = GenerationSettings(height=64, width=64, steps=GENERATION["steps"], halves=())
     paths = [tmp_path / name for name in ("image.png", "previews", "store.zarr", "meta.json")]

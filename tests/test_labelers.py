@@ -1,7 +1,7 @@
 """Every labeler plugin that installs here, on random weights of its real architecture.
 
-Each model is built by ``ldmprobe.demo_models``, saved the way its library stores it, and loaded
-back through the plugin's own loading code (``build_labeler``), as real weights would be.
+Each model is built by ``ldmprobe.models.demo_models``, saved the way its library stores it, and
+loaded back through the plugin's own loading code (``build_labeler``), as real weights would be.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from ldmprobe.compat import ensure_torchvision_importable
-from ldmprobe.config import ConfigError
-from ldmprobe.demo_models import build_demo_model
-from ldmprobe.labelers import LabelerUnavailable
-from ldmprobe.labelers.shading import LUMINANCE, grey_shading, uninvert_shading
+from ldmprobe.core.compat import ensure_torchvision_importable
+from ldmprobe.core.config import ConfigError
+from ldmprobe.core.tasks import TASKS
 from ldmprobe.labels import (
     build_labeler,
     check_labelers,
@@ -29,8 +27,10 @@ from ldmprobe.labels import (
     load_provenance,
     to_target,
 )
+from ldmprobe.labels.labelers import LabelerUnavailable
+from ldmprobe.labels.labelers.shading import LUMINANCE, grey_shading, uninvert_shading
 from ldmprobe.models import MissingModelError, preflight
-from ldmprobe.tasks import TASKS
+from ldmprobe.models.demo_models import build_demo_model
 
 REPO_CONFIG = "config/demo.yaml"
 HEIGHT, WIDTH = 64, 96  # not square and not the models' input size: outputs must be resized
@@ -294,7 +294,7 @@ def test_workflow_stops_before_any_job_listing_missing_packages_and_models(tmp_p
 def test_demo_config_covers_every_task_with_a_demo_model():
     from workflow import REPO
 
-    from ldmprobe.demo_models import BUILDERS
+    from ldmprobe.models.demo_models import BUILDERS
 
     config = yaml.safe_load((REPO / REPO_CONFIG).read_text())
     tasks = config["labels"]["tasks"]

@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.distance import dice as scipy_dice_dissimilarity
 from scipy.stats import pearsonr, spearmanr
 
-from ldmprobe.metrics import (
+from ldmprobe.core.metrics import (
     bootstrap_ci,
     dice,
     emergence_step,
@@ -194,7 +194,7 @@ def test_residual_removes_what_position_predicts():
 
 
 def test_variants_are_declared_once_with_their_direction():
-    from ldmprobe.metrics import METRICS_OF_KIND, VARIANTS, lower_is_better
+    from ldmprobe.core.metrics import METRICS_OF_KIND, VARIANTS, lower_is_better
 
     both = image_metrics("continuous", ROWS, ROWS + 1, foreground=OBJECTS, position_mean=ROWS)
     declared = [*METRICS_OF_KIND["continuous"]] + [

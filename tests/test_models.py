@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 from ldmprobe import jobs
+from ldmprobe.backbones.layers import discover_layers, select_layers
+from ldmprobe.backbones.schedule import alpha_bar, predict_x0
 from ldmprobe.backbones.stable_diffusion import StableDiffusion, attention_layers
-from ldmprobe.demo_models import build_demo_model
-from ldmprobe.generation import alpha_bar, predict_x0
 from ldmprobe.labels import build_labeler, label_model_ref
-from ldmprobe.layers import discover_layers, select_layers
 from ldmprobe.models import (
     MissingModelError,
     ModelRef,
@@ -25,6 +24,7 @@ from ldmprobe.models import (
     make_scheduler,
     resolve_model,
 )
+from ldmprobe.models.demo_models import build_demo_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -23,12 +23,12 @@ import pandas as pd
 from workflow import REPO
 
 from ldmprobe import jobs
-from ldmprobe.config import load_config, probe_settings
-from ldmprobe.dataset import read_manifest
+from ldmprobe.backbones.layers import Layer
+from ldmprobe.core.config import load_config, probe_settings
+from ldmprobe.core.tasks import TASKS
+from ldmprobe.generation.storage import ActivationWriter, array_path, create_store
 from ldmprobe.labels import label_image
-from ldmprobe.layers import Layer
-from ldmprobe.storage import ActivationWriter, array_path, create_store
-from ldmprobe.tasks import TASKS
+from ldmprobe.probing.dataset import read_manifest
 
 GRID = 16  # tokens per side
 SCALE = 4  # label pixels per token side

@@ -9,7 +9,7 @@ import yaml
 
 from ldmprobe import preflight
 from ldmprobe.backbones.stable_diffusion import StableDiffusion, attention_layers
-from ldmprobe.config import validate_config
+from ldmprobe.core.config import validate_config
 from ldmprobe.preflight import (
     DiskSpaceError,
     disk_preflight,
@@ -41,7 +41,7 @@ def meta_unet(overrides: dict):
 
 
 def discovered(unet, latent_h, latent_w):
-    from ldmprobe.layers import discover_layers
+    from ldmprobe.backbones.layers import discover_layers
 
     return discover_layers(SD, unet, latent_h, latent_w)
 
@@ -84,7 +84,7 @@ def test_sd1_activation_bytes_match_the_reference_figures():
 
 @pytest.mark.parametrize("scheduler", ["lms", "ddim", "pndm", "euler", "dpmpp"])
 def test_unet_calls_match_the_schedulers(demo_models, scheduler):
-    from ldmprobe.generation import count_unet_calls
+    from ldmprobe.generation.generate import count_unet_calls
     from ldmprobe.models import ModelRef, load_scheduler_config, make_scheduler
 
     base = load_scheduler_config(ModelRef("m", str(demo_models / "stable-diffusion")))
@@ -99,10 +99,10 @@ def file_bytes(root: Path, exclude: str = "") -> int:
 
 def test_estimate_against_a_generated_store_and_label(demo_pipe, demo_models, tmp_path):
     """With codec none the chunk files hold exactly the estimated bytes; PNGs and labels less."""
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.core.tasks import TASKS
+    from ldmprobe.generation.generate import GenerationSettings, generate
     from ldmprobe.labels import build_labeler, label_image
     from ldmprobe.models import ModelRef
-    from ldmprobe.tasks import TASKS
 
     generation = {
         "height": 64,
@@ -146,9 +146,9 @@ def test_estimate_of_what_the_store_setting_keeps(demo_pipe, demo_models, tmp_pa
     """generation.store: read with a partial grid, the controls and an 8-bit codec: the
     estimate is the chunk bytes generate writes (codec name none), and the demo config's
     estimate is what the probe grid and the controls read, far below every step."""
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
+    from ldmprobe.generation.reads import store_plan
     from ldmprobe.jobs import control_settings
-    from ldmprobe.reads import store_plan
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config["generation"].update(

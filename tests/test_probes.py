@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldmprobe.probes import (
+from ldmprobe.probing.probes import (
     Adam,
     ProbeSettings,
     ProbeTask,

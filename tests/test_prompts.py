@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ldmprobe.prompts import SEED_MAX, PromptTableError, assign_split, load_prompts
+from ldmprobe.core.prompts import SEED_MAX, PromptTableError, assign_split, load_prompts
 
 REFERENCE = Path(__file__).resolve().parents[1] / "config" / "reference-prompts"
 HEADER = b"prompt_id,prompt,seed\n"
@@ -297,7 +297,7 @@ def test_reference_tables_load(reference_dir):
 
 def test_reference_config_reads_the_shipped_tables():
     """config/config.yaml runs after git clone: its prompt tables are in the repository."""
-    from ldmprobe.config import load_config
+    from ldmprobe.core.config import load_config
 
     repo = REFERENCE.parents[1]
     config = load_config(repo / "config" / "config.yaml")

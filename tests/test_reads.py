@@ -1,4 +1,4 @@
-"""What the study reads (ldmprobe.reads) and what generation.store keeps of it."""
+"""What the study reads (ldmprobe.generation.reads) and what generation.store keeps of it."""
 
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from ldmprobe.backbones.stable_diffusion import attention_layers
-from ldmprobe.config import ConfigError, validate_config
-from ldmprobe.reads import Selection, check_stored, readers, store_plan
+from ldmprobe.core.config import ConfigError, validate_config
+from ldmprobe.generation.reads import Selection, check_stored, readers, store_plan
 
 REPO = Path(__file__).resolve().parents[1]
 # The SD v1.x U-Net's block layout (diffusers' defaults): 16 self-attention layers.

@@ -11,11 +11,11 @@ import pytest
 import torch
 import zarr
 
-from ldmprobe.config import load_config
-from ldmprobe.generation import GenerationSettings, generate, initial_noise
+from ldmprobe.core.config import load_config
+from ldmprobe.core.prompts import load_prompts
+from ldmprobe.generation.generate import GenerationSettings, generate, initial_noise
 from ldmprobe.models import ModelRef, load_diffusion_pipeline
-from ldmprobe.probes import ProbeSettings, train_probe
-from ldmprobe.prompts import load_prompts
+from ldmprobe.probing.probes import ProbeSettings, train_probe
 
 REPO = Path(__file__).resolve().parents[1]
 

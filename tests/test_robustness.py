@@ -2,7 +2,7 @@
 
 One uninterrupted reference run is shared by the module; each crash or corruption test works on
 a copy of it, damages one stage, and must end with byte-identical metrics. Kill points are exact,
-not timed: ``ldmprobe.io.pause_point`` stops a job at a named point of its real write path (the
+not timed: ``ldmprobe.core.io.pause_point`` stops a job at a named point of its real write path (the
 environment variable ``LDMPROBE_PAUSE_AT`` arms it) and the test then SIGKILLs the whole run.
 """
 
@@ -25,7 +25,7 @@ import zarr
 from test_errors import BAD_CONFIGS
 from workflow import REPO, SNAKEMAKE, jobs_to_run, run_snakemake, tiny_config
 
-from ldmprobe.io import PAUSE_AT, PAUSE_MARKER
+from ldmprobe.core.io import PAUSE_AT, PAUSE_MARKER
 
 pytestmark = pytest.mark.workflow
 
@@ -279,7 +279,7 @@ def group_members(group: int) -> list[int]:
 
 
 def kill_at(workdir: Path, config: Path, point: str, timeout: float = 300) -> list[str]:
-    """Run to ``TARGET`` with ``ldmprobe.io.pause_point`` armed at ``point``; when a job stops
+    """Run to ``TARGET`` with ``ldmprobe.core.io.pause_point`` armed at ``point``; when a job stops
     there, SIGKILL snakemake and all its jobs. Returns the paths paused at (as the jobs wrote
     them: relative to ``workdir``)."""
     log = workdir / "killed-run.log"

@@ -119,9 +119,9 @@ def test_the_rules_never_trust_remote_code_or_unpickle():
 
 def test_prompt_ids_become_paths_only_through_the_validated_pattern():
     """The Snakefile's prompt_id wildcard uses the same pattern load_prompts checks ids with."""
-    from ldmprobe.prompts import ID_PATTERN
+    from ldmprobe.core.prompts import ID_PATTERN
 
     common = (REPO / "rules" / "common.smk").read_text()
     assert "prompt_id=ID_PATTERN" in common
-    assert "from ldmprobe.prompts import ID_PATTERN" in common
+    assert "from ldmprobe.core.prompts import ID_PATTERN" in common
     assert ".." not in ID_PATTERN and "/" not in ID_PATTERN

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ldmprobe.io import atomic_directory, atomic_file
-from ldmprobe.storage import (
+from ldmprobe.core.io import atomic_directory, atomic_file
+from ldmprobe.generation.storage import (
     ActivationWriter,
     StoreError,
     create_store,
@@ -210,8 +210,8 @@ def test_compressed_tables_are_the_same_bytes_every_time(tmp_path):
 
     import pandas as pd
 
-    from ldmprobe.io import write_csv
-    from ldmprobe.provenance import VERSION_KEY, package_version
+    from ldmprobe.core.io import write_csv
+    from ldmprobe.core.provenance import VERSION_KEY, package_version
 
     frame = pd.DataFrame({"layer": ["up3.2", "mid.0"], "dice": [0.5, 1 / 3]})
     write_csv(tmp_path / "a.csv.gz", frame)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ldmprobe.backbones import Backbone
-from ldmprobe.trace import Point, Trace
+from ldmprobe.backbones.trace import Point, Trace
 
 LAYOUT = Backbone().cfg_layout  # [uncond, cond] for a batch of two, cond alone for one
 

@@ -10,7 +10,7 @@ import pytest
 
 from ldmprobe.labels import label_model_ref
 from ldmprobe.models import DamagedModelError, MissingModelError, ModelRef, preflight
-from ldmprobe.weightfiles import check_weight_file
+from ldmprobe.models.weightfiles import check_weight_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

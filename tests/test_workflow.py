@@ -170,9 +170,9 @@ def test_generation_setting_reruns_generation_and_downstream(study):
 
 
 def test_every_output_records_the_package_version(study):
-    from ldmprobe.cell import load_probe_weights
+    from ldmprobe.core.provenance import VERSION_KEY, package_version
     from ldmprobe.labels import load_provenance
-    from ldmprobe.provenance import VERSION_KEY, package_version
+    from ldmprobe.probing.cell import load_probe_weights
 
     workdir, _ = study
     results = workdir / "results"

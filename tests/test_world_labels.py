@@ -14,12 +14,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ldmprobe.dataset import EXCLUDED, build_manifest, read_manifest, task_split, usable_by_all
+from ldmprobe.core.tasks import TASKS
 from ldmprobe.labels import build_labeler, label_image, load_label
 from ldmprobe.models import ModelRef
-from ldmprobe.tasks import TASKS
-from ldmprobe.world.fit import fit_scene, label_kept, save_world_spec
-from ldmprobe.world.scenes import (
+from ldmprobe.probing.dataset import (
+    EXCLUDED,
+    build_manifest,
+    read_manifest,
+    task_split,
+    usable_by_all,
+)
+from ldmprobe.scenes import (
     PALETTE,
     SPEC_FILE,
     Scene,
@@ -28,6 +33,7 @@ from ldmprobe.world.scenes import (
     render,
     render_dataset,
 )
+from ldmprobe.scenes.fit import fit_scene, label_kept, save_world_spec
 
 SIZE = 64
 
@@ -342,7 +348,7 @@ ROW = ("scene0003", 3)
 
 
 def _route_b_scene():
-    from ldmprobe.world.scenes import sample_scene, scene_rng
+    from ldmprobe.scenes import sample_scene, scene_rng
 
     return sample_scene(scene_rng(START["data_seed"], ROW[1]))
 
@@ -351,9 +357,9 @@ def _route_b_scene():
 def route_b(tmp_path_factory, demo_models):
     """Two generations by the demo pipeline (random weights, DDIM, 64 px, 3 steps) of row
     scene0003: one started from the inversion of its render, one from Gaussian noise."""
-    from ldmprobe.generation import GenerationSettings, generate
+    from ldmprobe.generation.generate import GenerationSettings, generate
     from ldmprobe.models import load_diffusion_pipeline
-    from ldmprobe.world.scenes import caption
+    from ldmprobe.scenes import caption
 
     ref = ModelRef("models.diffusion", str(demo_models / "stable-diffusion"))
     pipe = load_diffusion_pipeline(ref, "ddim", "float32", "cpu")
@@ -438,7 +444,7 @@ def test_render_labels_the_final_image_and_every_preview(tmp_path, route_b, spec
 
 
 def test_render_refuses_a_row_whose_prompt_is_not_the_scenes_caption(tmp_path, route_b, spec_dir):
-    from ldmprobe.world.scenes import caption, sample_scene, scene_rng
+    from ldmprobe.scenes import caption, sample_scene, scene_rng
 
     folder = tmp_path / "gen"
     shutil.copytree(route_b["inverted"], folder)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from workflow import run_snakemake, tiny_config
 
-from ldmprobe.world import scenes, train
+from ldmprobe import scenes
+from ldmprobe.world import train
 
 TINY = {
     "train_images": 16,
@@ -168,8 +169,8 @@ def test_short_retrain_through_the_rules_gives_a_pipeline_generation_loads(tmp_p
     ]
 
     # Route (b): the run starts from the inverted render of scene 3 of data seed 1.
+    from ldmprobe.generation.inversion import inverted_start
     from ldmprobe.models import ModelRef, load_diffusion_pipeline
-    from ldmprobe.world.inversion import inverted_start
 
     scene = scenes.sample_scene(scenes.scene_rng(1, 3))
     start = {"kind": "world-inversion", "data_seed": 1}

@@ -14,12 +14,13 @@ from PIL import Image
 from safetensors import safe_open
 from workflow import REPO, run_snakemake, tiny_config
 
-from ldmprobe.classify_jobs import load_classifier
-from ldmprobe.classify_prompts import WORLD, resolve_class
+from ldmprobe.classification.jobs import load_classifier
+from ldmprobe.classification.prompts import WORLD, resolve_class
+from ldmprobe.core.prompts import PromptTableError
 from ldmprobe.labels import build_labeler
 from ldmprobe.models import ModelRef
-from ldmprobe.prompts import PromptTableError
-from ldmprobe.world import nets
+from ldmprobe.scenes import nets
+from ldmprobe.world.nets import train_dense_labeler
 
 TINY = {"steps": 2, "train_images": 16, "batch_size": 4, "eval_images": 8}
 
@@ -74,7 +75,7 @@ def test_retrain_is_deterministic(retrained, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the rule's job (threads: 1)
     try:
-        nets.train_dense_labeler(nets.recipe(TINY), tmp_path / "again")
+        train_dense_labeler(nets.recipe(TINY), tmp_path / "again")
     finally:
         torch.set_num_threads(threads)
     name = "diffusion_pytorch_model.safetensors"

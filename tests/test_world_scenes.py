@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ldmprobe.world.scenes import (
+from ldmprobe.scenes import (
     AMBIENT,
     CAMERA_HEIGHT,
     FAR,
@@ -151,7 +151,7 @@ def test_captions_follow_the_sampled_scenes(dataset):
 
 def test_rendering_in_worker_processes_gives_the_same_arrays():
     # 512 scenes: two workers (one per 256 scenes), each rendering every other scene.
-    from ldmprobe.world.scenes import render_dataset
+    from ldmprobe.scenes import render_dataset
 
     one_scenes, one = render_dataset(3, 512, 16)
     two_scenes, two = render_dataset(3, 512, 16, processes=2)

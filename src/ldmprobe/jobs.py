@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .io import write_json
+from .core.io import write_json
 
 log = logging.getLogger("ldmprobe")
 
@@ -57,7 +57,7 @@ def setup_job(log_path: str | None, threads: int | None = None) -> None:
 
 
 def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
-    from .demo_models import build_demo_model as build
+    from .models.demo_models import build_demo_model as build
 
     build(kind, out_dir, seed)
     log.info("built random-weight %s model in %s", kind, out_dir)
@@ -66,8 +66,8 @@ def build_demo_model(kind: str, out_dir: str, seed: int) -> None:
 def layer_table(model: dict, allow_download: bool, generation: dict, out_path: str) -> None:
     """The denoiser's probed layers and its calls in the configured schedule."""
     from .backbones import get_backbone
-    from .generation import count_unet_calls
-    from .layers import discover_layers
+    from .backbones.layers import discover_layers
+    from .generation.generate import count_unet_calls
     from .models import (
         ModelRef,
         load_denoiser_on_meta,
@@ -117,8 +117,8 @@ def generate(
     steps to write (``reads.store_plan`` as dicts); None writes every layer at every step.
     """
     from .backbones import get_backbone
-    from .generation import GenerationSettings, permuted_denoiser
-    from .generation import generate as run
+    from .generation.generate import GenerationSettings, permuted_denoiser
+    from .generation.generate import generate as run
     from .models import ModelRef, load_diffusion_pipeline, resolve_device
 
     ref = ModelRef.from_config("models.diffusion", model)
@@ -176,7 +176,7 @@ def generate(
 
 def control_settings(controls: dict) -> dict:
     """GenerationSettings fields of the ``controls`` config section (absent: all off)."""
-    from .sources import PERMUTED, VAE
+    from .generation.sources import PERMUTED, VAE
 
     settings = {}
     permuted = controls.get(PERMUTED.control, {})
@@ -203,9 +203,9 @@ def label(
     task's config) too when it has one. An image's ``meta`` (its generation's ``meta.json``,
     given when a labeler reads it: ``Labeler.reads_record``) is read and handed to the
     labelers as the image's record, with the row's ``prompt_id`` when the entry has one."""
+    from .core.tasks import TASKS
     from .labels import build_labeler, label_image, label_model_ref
     from .models import resolve_device
-    from .tasks import TASKS
 
     def load(section: dict, ref) -> tuple:
         started = time.perf_counter()
@@ -263,7 +263,7 @@ def label(
 def dataset(prompts: list[dict], paths: dict[str, list[str]], out_path: str) -> None:
     import pandas as pd
 
-    from .dataset import build_manifest
+    from .probing.dataset import build_manifest
 
     manifest = build_manifest(pd.DataFrame(prompts), paths, out_path)
     log.info("manifest of %d images: %s", len(manifest), manifest["split"].value_counts().to_dict())
@@ -281,10 +281,10 @@ def probe(
     device: str = "cpu",
 ) -> None:
     """One probe cell; ``device``: ``probe.device`` of the config (auto, cpu or cuda)."""
-    from .cell import Cell, run_cell
-    from .dataset import read_manifest
     from .models import resolve_device
-    from .probes import ProbeSettings
+    from .probing.cell import Cell, run_cell
+    from .probing.dataset import read_manifest
+    from .probing.probes import ProbeSettings
 
     tasks = {task: ProbeSettings(**values) for task, values in settings.items()}
     cell = Cell(source=source, half=half, layer=layer, step=step)
@@ -308,7 +308,7 @@ def aggregate(
     per_image_path: str,
 ) -> None:
     """``cell_metrics``: every probe cell's metrics.csv, and the labeler's per-image table."""
-    from .aggregate import read_cell_metrics, summarise_metrics, write_tables
+    from .reporting.aggregate import read_cell_metrics, summarise_metrics, write_tables
 
     layer_info = json.loads(Path(layers_path).read_text())
     per_image = read_cell_metrics(cell_metrics)
@@ -327,10 +327,11 @@ def aggregate(
 def grid_ceiling(
     manifest_path: str, layers_path: str, tasks: list[str], metrics_config: dict, out_path: str
 ) -> None:
-    """The best score each token grid allows, per task and metric (``ldmprobe.ceiling``)."""
-    from .ceiling import ceiling_table
-    from .dataset import read_manifest
-    from .io import write_csv
+    """The best score each token grid allows, per task and metric
+    (``ldmprobe.reporting.ceiling``)."""
+    from .core.io import write_csv
+    from .probing.dataset import read_manifest
+    from .reporting.ceiling import ceiling_table
 
     layers = json.loads(Path(layers_path).read_text())["layers"]
     table = ceiling_table(read_manifest(manifest_path), layers, tasks, metrics_config)
@@ -341,9 +342,9 @@ def grid_ceiling(
 def labeler_scores(
     manifest_path: str, settings: dict[str, dict], steps: list[int], out_path: str
 ) -> None:
-    from .dataset import read_manifest
-    from .emergence import labeler_scores as score
-    from .io import write_csv
+    from .core.io import write_csv
+    from .probing.dataset import read_manifest
+    from .reporting.emergence import labeler_scores as score
 
     table = score(read_manifest(manifest_path), settings, steps)
     write_csv(out_path, table)
@@ -359,7 +360,7 @@ def emergence(
 ) -> None:
     import pandas as pd
 
-    from .emergence import write_emergence
+    from .reporting.emergence import write_emergence
 
     per_image = pd.read_csv(per_image_path, dtype={"prompt_id": str, "half": str})
     table = write_emergence(per_image, tasks, metrics_config, emergence_path, comparison_path)
@@ -369,7 +370,7 @@ def emergence(
 def figure(kind: str, summary_path: str, task: str, metric: str, source: str, out_path: str):
     import pandas as pd
 
-    from . import figures
+    from .reporting import figures
 
     summary = pd.read_csv(summary_path)
     {"heatmap": figures.heatmap, "curves": figures.curves}[kind](
@@ -382,7 +383,7 @@ def comparison_figure(
 ) -> None:
     import pandas as pd
 
-    from . import figures
+    from .reporting import figures
 
     figures.comparison(
         pd.read_csv(summary_path), pd.read_csv(emergence_path), task, metric, out_path
@@ -406,14 +407,14 @@ def examples(
     import torch
     from PIL import Image
 
-    from .cell import load_probe_weights
-    from .dataset import read_manifest, usable_by_all
-    from .figures import example_grid
+    from .core.tasks import TASKS
+    from .generation.sources import named
+    from .generation.storage import open_store
     from .labels import load_label
-    from .probes import LinearProbe, TrainedProbe, predict_maps
-    from .sources import named
-    from .storage import open_store
-    from .tasks import TASKS
+    from .probing.cell import load_probe_weights
+    from .probing.dataset import read_manifest, usable_by_all
+    from .probing.probes import LinearProbe, TrainedProbe, predict_maps
+    from .reporting.figures import example_grid
 
     manifest = read_manifest(manifest_path)
     # Examples show every task's label: images that have them all.

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backbones import Estimate, get_backbone
-from .config import ConfigError
-from .layers import Layer, select_layers
-from .reads import check_stored, store_plan
-from .sources import PERMUTED, VAE
+from .backbones.layers import Layer, select_layers
+from .core.config import ConfigError
+from .generation.reads import check_stored, store_plan
+from .generation.sources import PERMUTED, VAE
 
 FLOW_SCHEDULER = "flow-euler"  # the flow-matching families' sampler (models.SCHEDULERS)
 FILE_OVERHEAD = 4096  # headers of one PNG or npz file, rounded up

@@ -10,7 +10,8 @@ An adapter provides (``Backbone`` documents each member):
 * loading: ``pipeline_classes`` (diffusers class names), ``load_pipeline(path, dtype)`` and
   ``load_denoiser_on_meta(path)`` (structure only, for layer discovery);
 * the denoiser: ``denoiser(pipe)``, and ``kind`` (``"unet"``, ``"transformer"``), the word
-  used for its source in paths and tables (``ldmprobe.sources``), ``kind_label`` in figures;
+  used for its source in paths and tables (``ldmprobe.generation.sources``), ``kind_label`` in
+  figures;
 * latents: ``latent_shape(denoiser, height, width, factor)`` (channels and grid; ``factor``,
   the model's VAE downsampling, defaults to the family's ``latent_factor``);
 * the probed layers: ``short_name(module_path)`` (short, sortable, path-safe name and block of a
@@ -46,7 +47,7 @@ An adapter provides (``Backbone`` documents each member):
 
 Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
 the bottom of this file), a builder of a tiny random-weight model of the real architecture in
-``ldmprobe.demo_models.BUILDERS`` (saved with ``save_pretrained`` and loaded back through
+``ldmprobe.models.demo_models.BUILDERS`` (saved with ``save_pretrained`` and loaded back through
 ``load_pipeline``), and a test. Where a family differs from the U-Net defaults of ``Backbone``
 (call arguments named ``hidden_states``, pooled embeddings and ``added_cond_kwargs`` in
 ``replay_inputs``, an image stream read by ``point``), it overrides that member only.
@@ -63,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..trace import Point
+from .trace import Point
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Backbone:
         """The named layer table (``layers.Layer``) of a family whose probed layers all see
         one token grid, from the probed module paths in execution order: what discovery
         gives, from the config alone."""
-        from ..layers import Layer
+        from .layers import Layer
 
         table, per_block = [], {}
         for order, path in enumerate(paths):
@@ -218,7 +219,7 @@ class Backbone:
 
     def predict_x0(self, scheduler, sample, prediction, timestep):
         """The x0 prediction of one guided call, for the previews and ``latents/x0``."""
-        from ..generation import alpha_bar, predict_x0
+        from .schedule import alpha_bar, predict_x0
 
         abar = alpha_bar(scheduler, timestep)
         return predict_x0(sample, prediction, abar, scheduler.config.prediction_type)
@@ -250,7 +251,7 @@ class Backbone:
 
 def load_on_meta(model_class: str, path: Path, subfolder: str):
     """A diffusers model's structure from its config.json, without weights (meta device)."""
-    from ..compat import ensure_torchvision_importable
+    from ..core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import diffusers
@@ -264,7 +265,7 @@ def load_on_meta(model_class: str, path: Path, subfolder: str):
 
 def load_named_pipeline(path: Path, allowed: tuple[str, ...], dtype, **options):
     """The pipeline class that ``model_index.json`` names (one of ``allowed``), loaded."""
-    from ..compat import ensure_torchvision_importable
+    from ..core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import diffusers

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..trace import Point
 from . import (
     Backbone,
     Estimate,
@@ -33,6 +32,7 @@ from . import (
     register,
     weights_like,
 )
+from .trace import Point
 
 _PATH = re.compile(r"^(?P<stream>single_transformer|transformer)_blocks\.(?P<index>\d+)\.attn$")
 TEXT_TOKENS = 512  # FLUX.1-dev's T5 length, passed to the pipeline

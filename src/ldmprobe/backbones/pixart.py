@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..trace import Point
 from . import (
     Backbone,
     Estimate,
@@ -30,6 +29,7 @@ from . import (
     register,
     weights_like,
 )
+from .trace import Point
 
 _PATH = re.compile(r"^transformer_blocks\.(?P<index>\d+)\.attn1$")
 PROBED_OUTPUT = "to_out.0"

@@ -13,9 +13,9 @@ import math
 import re
 from pathlib import Path
 
-from ..compat import ensure_torchvision_importable
-from ..trace import Point
+from ..core.compat import ensure_torchvision_importable
 from . import Backbone, Estimate, register, weights_like
+from .trace import Point
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def attention_layers(
     transformer holds ``transformer_layers_per_block`` attn1 modules. Down block i works at the
     latent size halved i times (stride-2 convs round up); up blocks mirror the down blocks.
     """
-    from ..layers import Layer
+    from .layers import Layer
 
     down = unet_config["down_block_types"]
     up = unet_config["up_block_types"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..trace import Point
 from . import (
     Backbone,
     Estimate,
@@ -26,6 +25,7 @@ from . import (
     register,
     weights_like,
 )
+from .trace import Point
 
 _PATH = re.compile(r"^transformer_blocks\.(?P<index>\d+)\.attn$")
 

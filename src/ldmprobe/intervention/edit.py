@@ -98,8 +98,8 @@ def generate_edited(
     initial noise, edited by ``edit`` (None: unedited) through the trace on the probed modules
     of ``layers`` (``layers.Layer``) that it edits."""
     from ..backbones import backbone_of
-    from ..generation import DenoiserCalls, count_unet_calls, initial_noise
-    from ..trace import Trace
+    from ..backbones.trace import Trace
+    from ..generation.generate import DenoiserCalls, count_unet_calls, initial_noise
 
     backbone = backbone_of(pipe)
     denoiser = backbone.denoiser(pipe)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..figures import _save  # noqa: E402
+from ..reporting.figures import _save  # noqa: E402
 
 SCORE_LABELS = {
     "delta_dice": "ΔDice (edited − original, vs target)",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_directory, atomic_file, write_csv, write_json
-from ..provenance import VERSION_KEY, package_version
+from ..core.io import atomic_directory, atomic_file, write_csv, write_json
+from ..core.provenance import VERSION_KEY, package_version
 from .targets import IDENTITY, draw_offset, probe_units, translated_label, trial_rng
 
 log = logging.getLogger("ldmprobe")
@@ -74,12 +74,12 @@ def intervene(
     import torch
 
     from ..backbones import backbone_of
-    from ..generation import decode_latents
+    from ..backbones.layers import Layer
+    from ..core.provenance import png_info
+    from ..core.tasks import TASKS
+    from ..generation.generate import decode_latents
     from ..labels import load_label
-    from ..layers import Layer
     from ..models import ModelRef, load_diffusion_pipeline, resolve_device
-    from ..provenance import png_info
-    from ..tasks import TASKS
     from .conditions import CONDITIONS
     from .edit import SITE_COLUMNS, ProbeEdit, generate_edited
     from .optimise import EditSettings
@@ -176,10 +176,10 @@ def depth2img(
     import torch
     from PIL import Image
 
+    from ..core.provenance import png_info
+    from ..core.tasks import TASKS
     from ..labels import load_label
     from ..models import ModelRef, load_depth2img_pipeline, resolve_device
-    from ..provenance import png_info
-    from ..tasks import TASKS
     from .conditions import DEPTH2IMG
     from .targets import depth_condition
 
@@ -286,9 +286,9 @@ def score(
     import pandas as pd
     from PIL import Image
 
+    from ..core.tasks import TASKS
     from ..labels import build_labeler, label_model_ref, load_label, to_target
     from ..models import resolve_device
-    from ..tasks import TASKS
     from .scores import SUCCESS_SCORE, TASK_SCORES, psnr, relative_edit
     from .targets import Offset
 

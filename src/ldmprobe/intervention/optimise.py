@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..probes import Adam, LinearProbe, ProbeSettings, loss_targets, probe_loss
+from ..probing.probes import Adam, LinearProbe, ProbeSettings, loss_targets, probe_loss
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class EditProbe:
 
 def load_edit_probe(path: str | Path, task: str) -> EditProbe:
     """The ``task`` head of a probe cell's ``probe.safetensors`` (``cell.run_cell``)."""
-    from ..cell import load_probe_weights
-    from ..tasks import TASKS
+    from ..core.tasks import TASKS
+    from ..probing.cell import load_probe_weights
 
     tensors, metadata = load_probe_weights(path)
     if task not in metadata["training"]:

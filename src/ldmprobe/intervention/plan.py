@@ -1,31 +1,17 @@
 """What an intervention run edits, read by the workflow at parse time (no torch): the edited
-layers and steps (Chen et al.'s defaults per task), the conditions that run, the test images.
+layers and steps (Chen et al.'s defaults per task: ``generation.reads.TASK_DEFAULTS``), the
+conditions that run, the test images.
 """
 
 from __future__ import annotations
 
-from ..layers import Layer, select_layers
+from ..backbones.layers import Layer, select_layers
+from ..generation.reads import edited_selection
 from .conditions import CONDITIONS, DEPTH2IMG, EXPERIMENT
-
-# Chen et al.: saliency edits the decoder's self-attention layers at steps 0-4, depth every
-# layer at steps 0-2.
-TASK_DEFAULTS = {
-    "saliency": {"layers": ["up*"], "steps": [0, 1, 2, 3, 4]},
-    "depth": {"layers": "all", "steps": [0, 1, 2]},
-}
 
 
 class PlanError(ValueError):
     """The intervention section asks for something this model or study cannot give."""
-
-
-def edited_selection(section: dict) -> tuple[str | list[str], list[int]]:
-    """The edited layer patterns (or "all") and steps, as the config or the task's defaults
-    give them (``section``: config ``intervention``); ``reads.readers`` declares them."""
-    defaults = TASK_DEFAULTS[section["task"]]
-    patterns = section["layers"] if section["layers"] is not None else defaults["layers"]
-    steps = section["steps"] if section["steps"] is not None else defaults["steps"]
-    return patterns, steps
 
 
 def edited_cells(section: dict, layers: list[Layer], calls: int) -> tuple[list[str], list[int]]:

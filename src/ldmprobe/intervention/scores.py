@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import metrics
+from ..core import metrics
 from .targets import Offset, translated_label
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import metrics
+from ..core import metrics
 from .conditions import EXPERIMENT
 
 IMAGE = ["prompt_id", "seed"]

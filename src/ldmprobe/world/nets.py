@@ -1,21 +1,7 @@
-"""The world's "off-the-shelf" models: dense labelers and an object classifier, trained on renders.
+"""Training of the world's "off-the-shelf" models (defined in ``ldmprobe.scenes.nets``): the dense
+labeler and the object classifier, each saved with its RECIPE.json and the quality measured by
+loading the saved folder back (``ldmprobe.world.quality``).
 
-They play the part TRACER, MiDaS, Intrinsic and VGG-16 play in the studies: networks trained on
-images with known answers, then run on what the diffusion model draws. Each is built from
-library parts and saved with the library's own code, so the workflow loads it as it loads any
-other model:
-
-- the dense labeler is one diffusers ``UNet2DModel`` with a map per task (saliency, depth,
-  shading), like Marigold's one model for several targets. It works on the image folded into
-  2x2 pixel blocks (``pixel_unshuffle``; the maps unfold back), so a 64 px image costs a
-  32 px U-Net on the CPU without giving up full-resolution maps; its time embedding is fed a
-  constant 0 (a plain image-to-maps U-Net). Saved with ``save_pretrained``, loaded by the
-  ``world-net`` labeler plugin (``ldmprobe.labelers.world``);
-- the classifier is timm's ``test_resnet`` with one class per (colour, shape) of the palette
-  (``CLASSES``), saved with ``timm.models.save_for_hf`` with the class names in its config.
-
-Targets follow the task conventions of ``ldmprobe.labelers``: saliency is the foreground
-probability, depth is inverse depth (1/m, larger = nearer), shading is grey linear shading.
 Training is deterministic on the CPU for a thread count: the model's init comes from ``seed``
 and the batch of step s from a generator seeded by (seed, s).
 """
@@ -25,82 +11,24 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .scenes import PALETTE, SHAPES, Scene, render, sample_scene, scene_rng
+from ..scenes.nets import (
+    CLASSES,
+    CLASSIFICATION,
+    DENSE_TASKS,
+    RECIPE_FILE,
+    NetRecipe,
+    classifier_dataset,
+    dense_forward,
+    dense_target,
+    to_pixels,
+)
 
 log = logging.getLogger(__name__)
-
-DENSE_TASKS = ("saliency", "depth", "shading")
-# One class per colour and shape: what a single-object scene shows ("red sphere").
-CLASSES: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in PALETTE for shape in SHAPES)
-CLASSIFICATION = "classification"
-RECIPE_FILE = "RECIPE.json"
-
-
-def dense_target(task: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The exact map of ``task`` from rendered arrays, in the task's labeler convention."""
-    if task == "saliency":
-        return arrays["mask"].astype(np.float32)
-    if task == "depth":
-        return (1.0 / arrays["depth"]).astype(np.float32)
-    if task == "shading":
-        return arrays["shading"].astype(np.float32)
-    raise ValueError(f"unknown world task {task!r}; expected one of {DENSE_TASKS}")
-
-
-def single_object(scene: Scene) -> Scene:
-    """The scene with only its first object: what the classifier's images show."""
-    return Scene(scene.objects[:1], scene.light, scene.camera_jitter)
-
-
-def class_of(scene: Scene) -> int:
-    obj = scene.objects[0]
-    return CLASSES.index(f"{obj.colour} {obj.shape}")
-
-
-def classifier_dataset(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images [n, H, W, 3] uint8 of single-object scenes and their class indices [n]."""
-    scenes = [single_object(sample_scene(scene_rng(seed, i))) for i in range(count)]
-    images = np.stack([render(scene, size).image for scene in scenes])
-    return images, np.array([class_of(scene) for scene in scenes])
-
-
-@dataclass(frozen=True)
-class NetRecipe:
-    """How one world model is trained; recorded in its RECIPE.json."""
-
-    size: int = 64
-    train_images: int = 1000
-    data_seed: int = 1000  # renders of their own, apart from the diffusion model's
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 3e-3
-    channels: tuple[int, ...] = (16, 32, 64)
-    fold: int = 2  # pixel_unshuffle factor of the dense net
-    seed: int = 0
-    eval_images: int = 200
-    eval_seed: int = 2000
-
-
-# The classifier sees one object per image: fewer, larger batches than the dense labeler.
-CLASSIFIER_DEFAULTS = {"steps": 500, "batch_size": 32}
-
-
-def recipe(overrides: dict, defaults: dict | None = None) -> NetRecipe:
-    """A NetRecipe from config overrides (config keys world.labeler / world.classifier);
-    an unknown key raises ValueError naming the known ones."""
-    settings = {**(defaults or {}), **overrides}
-    known = set(NetRecipe.__dataclass_fields__)
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"unknown recipe key(s) {unknown}; known: {sorted(known)}")
-    if "channels" in settings:
-        settings["channels"] = tuple(settings["channels"])
-    return NetRecipe(**settings)
 
 
 def library_versions() -> dict[str, str]:
@@ -115,13 +43,6 @@ def library_versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "timm": timm.__version__,
     }
-
-
-def to_pixels(images: np.ndarray):
-    """Float tensor [n, 3, H, W] in [-1, 1] of uint8 RGB images [n, H, W, 3]."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def build_dense_net(recipe: NetRecipe):
@@ -139,15 +60,6 @@ def build_dense_net(recipe: NetRecipe):
         layers_per_block=1,
         norm_num_groups=8,
     )
-
-
-def dense_forward(model, pixels, fold: int):
-    """Raw maps [n, tasks, H, W] (saliency as a logit) of pixels [n, 3, H, W] in [-1, 1]."""
-    import torch
-    import torch.nn.functional as F
-
-    timestep = torch.zeros(len(pixels), device=pixels.device)
-    return F.pixel_shuffle(model(F.pixel_unshuffle(pixels, fold), timestep).sample, fold)
 
 
 # Depth (1/m) and shading are scaled to about the spread of the saliency logits' targets.
@@ -198,12 +110,12 @@ def _train(model, recipe: NetRecipe, count: int, loss_of_batch, what: str) -> fl
 
 def train_dense_labeler(recipe: NetRecipe, out_dir: str | Path) -> None:
     """Train the world's dense labeler (all tasks) and save it (fp16) with its RECIPE.json."""
-    from ..compat import ensure_torchvision_importable
+    from ..core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torch
 
-    from .scenes import render_dataset
+    from ..scenes import render_dataset
 
     torch.manual_seed(recipe.seed)
     started = time.perf_counter()
@@ -228,7 +140,7 @@ def train_dense_labeler(recipe: NetRecipe, out_dir: str | Path) -> None:
 
 def train_classifier(recipe: NetRecipe, out_dir: str | Path) -> None:
     """Train the world's object classifier (timm) and save it with ``save_for_hf``."""
-    from ..compat import ensure_torchvision_importable
+    from ..core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import timm
@@ -282,7 +194,7 @@ def _save(model, recipe, out_dir, train_seconds, evaluate, tasks: tuple[str, ...
     then the quality measured by loading the folder back through the code the workflow uses."""
     import os
 
-    from ..io import atomic_directory, write_json
+    from ..core.io import atomic_directory, write_json
 
     with atomic_directory(out_dir) as tmp:
         if tasks == (CLASSIFICATION,):

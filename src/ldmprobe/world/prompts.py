@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..io import atomic_file
-from . import scenes
+from .. import scenes
+from ..core.io import atomic_file
 
 SPLITS = (("train", 0.5), ("val", 0.125), ("test", 0.375))
 

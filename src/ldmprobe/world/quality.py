@@ -2,7 +2,7 @@
 
 Each model is loaded through the code the workflow uses (the labeler plugin, the classification
 experiment's ``load_classifier``) and scored per image; the mean of each metric comes with a
-bootstrap interval over images (``ldmprobe.metrics.summarise``). Depth and shading are scored
+bootstrap interval over images (``ldmprobe.core.metrics.summarise``). Depth and shading are scored
 with the probes' metrics (``metrics.image_metrics``), also over object pixels only
 (``*_objects``), where the ground plane's row prior cannot help.
 """
@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from .. import metrics
+from ..core import metrics
 
 BOOTSTRAP = {"n_resamples": 1000, "level": 0.95, "seed": 0}
 
@@ -50,8 +50,8 @@ def dense_quality(folder: str, recipe) -> dict[str, dict]:
 
     from ..labels import build_labeler
     from ..models import ModelRef
-    from .nets import DENSE_TASKS, dense_target
-    from .scenes import render_dataset
+    from ..scenes import render_dataset
+    from ..scenes.nets import DENSE_TASKS, dense_target
 
     _, arrays = render_dataset(recipe.eval_seed, recipe.eval_images, recipe.size)
     images = [Image.fromarray(image) for image in arrays["image"]]
@@ -71,10 +71,10 @@ def classifier_quality(folder: str, recipe) -> dict[str, dict]:
     """Top-1 accuracy of the classifier in ``folder`` on held-out single-object renders."""
     from PIL import Image
 
-    from ..classify_jobs import load_classifier
-    from ..classify_prompts import WORLD
+    from ..classification.jobs import load_classifier
+    from ..classification.prompts import WORLD
     from ..models import ModelRef
-    from .nets import classifier_dataset
+    from ..scenes.nets import classifier_dataset
 
     classifier = load_classifier(ModelRef("world.classifier", folder), classes=WORLD)
     images, labels = classifier_dataset(recipe.eval_seed, recipe.eval_images, recipe.size)
@@ -86,8 +86,8 @@ def classifier_quality(folder: str, recipe) -> dict[str, dict]:
 def fit_quality(recipe) -> dict[str, dict]:
     """Route (a)'s fit on held-out renders, where it must recover the scene: the share of
     fits that hold, and their mask IoU and PSNR against the render."""
-    from .fit import fit_scene
-    from .scenes import render_dataset
+    from ..scenes import render_dataset
+    from ..scenes.fit import fit_scene
 
     _, arrays = render_dataset(recipe.eval_seed, recipe.eval_images, recipe.size)
     fits = [fit_scene(image) for image in arrays["image"]]
@@ -121,8 +121,8 @@ def write_quality_table(folders: list[str], fit_recipe, out_path: str) -> None:
     import json
     from pathlib import Path
 
-    from ..io import write_csv
-    from .nets import CLASSIFICATION, RECIPE_FILE
+    from ..core.io import write_csv
+    from ..scenes.nets import CLASSIFICATION, RECIPE_FILE
 
     records = {}
     for folder in folders:
@@ -142,7 +142,7 @@ def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
     import pandas as pd
     from PIL import Image
 
-    from .fit import MIN_IOU, MIN_PSNR, fit_scene, label_kept
+    from ..scenes.fit import MIN_IOU, MIN_PSNR, fit_scene, label_kept
 
     rows = []
     for image in images:
@@ -179,7 +179,7 @@ def fit_faithfulness(images: list[dict], thresholds: dict[str, dict]) -> tuple:
 def write_fit_faithfulness(
     images: list[dict], thresholds: dict[str, dict], per_image_path: str, summary_path: str
 ) -> None:
-    from ..io import write_csv
+    from ..core.io import write_csv
 
     table, summary = fit_faithfulness(images, thresholds)
     write_csv(per_image_path, table)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compat import ensure_torchvision_importable
-from ..io import atomic_directory, atomic_file, write_json
+from ..core.compat import ensure_torchvision_importable
+from ..core.io import atomic_directory, atomic_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def rendered_split(recipe: Recipe) -> dict:
 
     One dataset of ``train_images + heldout_images`` scenes, the last ones held out (scene i
     depends only on (data seed, i), so the split never changes with the held-out count)."""
-    from . import scenes
+    from .. import scenes
 
     count = recipe.train_images + recipe.heldout_images
     scene_list, arrays = _rendered(recipe.data_seed, count, recipe.size)
@@ -142,7 +142,7 @@ def rendered_split(recipe: Recipe) -> dict:
 def _rendered(seed: int, count: int, size: int):
     """One render of the dataset per process: the three stages and the evaluation share it
     when they run in one process (a GPU run renders 20,000 scenes once, not four times)."""
-    from . import scenes
+    from .. import scenes
 
     return scenes.render_dataset(seed, count, size, processes=os.cpu_count() or 1)
 
@@ -452,7 +452,7 @@ def caption_tokenizer(captions: list[str]):
     tokens instead of ~80 bytes (more than CLIP's 77)."""
     from transformers import CLIPTokenizer
 
-    from ..demo_models import clip_byte_vocabulary
+    from ..models.demo_models import clip_byte_vocabulary
 
     vocabulary = clip_byte_vocabulary()
     merges: list[tuple[str, str]] = []
@@ -733,7 +733,7 @@ def object_count(image: np.ndarray, min_pixels: int) -> int:
     on its own (touching objects of different colours stay apart), of ``min_pixels`` or more."""
     from scipy import ndimage
 
-    from . import scenes
+    from .. import scenes
 
     mask = scenes.palette_mask(image)
     rgb = image.astype(np.float32) / np.maximum(image.max(axis=-1, keepdims=True), 1.0)
@@ -757,9 +757,9 @@ def evaluate_pipeline(
     regeneration PSNR from DDIM-inverted renders."""
     import torch
 
+    from .. import scenes
+    from ..generation.inversion import ddim_invert, regenerate
     from ..models import ModelRef, load_diffusion_pipeline
-    from . import scenes
-    from .inversion import ddim_invert, regenerate
 
     e = EVALUATION
     pipe = load_diffusion_pipeline(ModelRef("world", str(folder)), "ddim", "float32", device)
