@@ -250,7 +250,7 @@ def vae_channels(config: dict) -> int | None:
     from the VAE's config.json; None when the control is off or the file is absent."""
     root = model_root(config["models"]["diffusion"])
     path = None if root is None else root / "vae" / "config.json"
-    if not config["controls"]["vae"]["enabled"] or path is None or not path.is_file():
+    if not config["controls"][VAE.control]["enabled"] or path is None or not path.is_file():
         return None
     return json.loads(path.read_text())["block_out_channels"][-1]
 

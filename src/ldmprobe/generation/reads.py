@@ -87,15 +87,16 @@ def readers(config: dict) -> list[Reader]:
     probe = config["probe"]
     found = [Reader("probe", DENOISER.role, _selection(probe["layers"], probe["steps"]))]
     controls = config["controls"]
-    permuted = controls["permuted_unet"]
+    permuted = controls[PERMUTED.control]
     if permuted["enabled"]:
         layers = permuted["layers"] if permuted["layers"] is not None else probe["layers"]
         steps = permuted["steps"] if permuted["steps"] is not None else probe["steps"]
-        found.append(Reader("controls.permuted_unet", PERMUTED.role, _selection(layers, steps)))
-    vae = controls["vae"]
+        selection = _selection(layers, steps)
+        found.append(Reader(f"controls.{PERMUTED.control}", PERMUTED.role, selection))
+    vae = controls[VAE.control]
     if vae["enabled"]:
         steps = vae["steps"] if vae["steps"] is not None else probe["steps"]
-        found.append(Reader("controls.vae", VAE.role, _selection("all", steps)))
+        found.append(Reader(f"controls.{VAE.control}", VAE.role, _selection("all", steps)))
     intervention = config["intervention"]
     if intervention["enabled"]:
         edited = _selection(*edited_selection(intervention))
