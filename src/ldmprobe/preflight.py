@@ -160,7 +160,7 @@ def stored_arrays(
     upper bound). The VAE control's array (``vae_channels`` wide, when known) sits on the
     latent grid."""
     plan = store_plan(config)
-    permuted = config["controls"]["permuted_unet"]
+    permuted = config["controls"][PERMUTED.control]
     table = estimate.table
     arrays = []
     for role, selection in plan.items():
