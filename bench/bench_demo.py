@@ -35,28 +35,40 @@ def clone(work: Path) -> tuple[Path, str]:
     return checkout, commit
 
 
-def snakemake(checkout: Path, config: str, *args: str) -> list[str]:
+def snakemake(work: Path, config: str | Path, *args: str, snakefile: Path | None = None):
+    """The Snakemake command run in ``work`` with ``config`` (relative to ``work``, or
+    absolute); the Snakefile is ``work``'s own (a clone) unless ``snakefile`` names one."""
     return [
         sys.executable,
         "-m",
         "snakemake",
         "--snakefile",
-        str(checkout / "Snakefile"),
+        str(snakefile or work / "Snakefile"),
         "--directory",
-        str(checkout),
+        str(work),
         "--configfile",
-        str(checkout / config),
+        str(work / config),
         *args,
     ]
 
 
-def run_and_report(work: Path, config: Path, cores: list[str], env: dict, what: str):
+def run_and_report(
+    work: Path,
+    config: str | Path,
+    cores: list[str],
+    env: dict,
+    what: str,
+    snakefile: Path | None = None,
+):
     """The workflow, then its report (a second Snakemake call): each one's measure_command."""
-    run = measure_command(snakemake(work, config, *cores), env=env)
+    run = measure_command(snakemake(work, config, *cores, snakefile=snakefile), env=env)
     if run["rc"] != 0:
         raise RuntimeError(f"{what} run failed:\n{run['stderr'][-3000:]}")
     report = measure_command(
-        snakemake(work, config, "--report", str(work / "results" / "report.html")), env=env
+        snakemake(
+            work, config, "--report", str(work / "results" / "report.html"), snakefile=snakefile
+        ),
+        env=env,
     )
     if report["rc"] != 0:
         raise RuntimeError(f"{what} report failed:\n{report['stderr'][-3000:]}")

@@ -211,7 +211,9 @@ def main(argv=None) -> None:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cores = ["--cores", str(options.cores)]
         load_before = load()
-        run, report = run_and_report(work, config_path, cores, env, "study")
+        run, report = run_and_report(
+            work, config_path, cores, env, "study", snakefile=REPO / "Snakefile"
+        )
         logs = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))
         jobs = job_times(logs[0].read_text())
         stages = stage_seconds(jobs)
