@@ -73,7 +73,7 @@ def study_record(results: Path) -> dict:
             if "unet" in entry and ceiling is not None:
                 layer = entry["unet"]["layer"]
                 grid = ceiling[(ceiling.task == task) & (ceiling.metric == metric)]
-                grid = grid[grid.layers.str.split().map(set([layer]).issubset)]
+                grid = grid[grid.layers.str.split().map(lambda names, layer=layer: layer in names)]
                 if not grid.empty:
                     top = grid.iloc[0]
                     entry["grid_ceiling"] = {

@@ -41,8 +41,8 @@ An adapter provides (``Backbone`` documents each member):
   ``vae_channels(vae)``;
 * the free-space preflight: ``denoiser_config(root)`` (its config.json, if on this machine) and
   ``estimate(config, height, width)`` from it alone (no torch: it runs at the Snakefile's
-  parse), with the named layer table that discovery would give (``uniform_table`` builds it
-  for a family whose layers share one token grid), so ``generation.store`` is costed per
+  parse), with the named layer table that discovery would give (``uniform_estimate`` builds
+  it for a family whose layers share one token grid), so ``generation.store`` is costed per
   layer.
 
 Adding a family: one module in this package with its ``@register("name")`` adapter (imported at
@@ -155,19 +155,34 @@ class Backbone:
         named = ((path, self.short_name(path)) for path, _module in denoiser.named_modules())
         return {path: names for path, names in named if names is not None}
 
-    def uniform_table(self, paths: list[str], grid: tuple[int, int], channels: int) -> list:
-        """The named layer table (``layers.Layer``) of a family whose probed layers all see
-        one token grid, from the probed module paths in execution order: what discovery
-        gives, from the config alone."""
+    def uniform_estimate(
+        self,
+        config: dict,
+        height: int,
+        width: int,
+        paths: list[str],
+        latent_channels: int,
+        patch: int = 2,
+    ) -> Estimate:
+        """The config-only estimate of a transformer whose probed layers (``paths``, the module
+        paths in execution order) all see one token grid, the latent in ``patch`` x ``patch``
+        tokens: the named table discovery gives (``layers.Layer``), from the config alone."""
         from .layers import Layer
 
+        latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
+        grid = (latent_h // patch, latent_w // patch)
+        channels = config["num_attention_heads"] * config["attention_head_dim"]
         table, per_block = [], {}
         for order, path in enumerate(paths):
             name, block = self.short_name(path)
             index = per_block.get(block, 0)
             per_block[block] = index + 1
             table.append(Layer(name, path, block, index, order, *grid, channels))
-        return table
+        return Estimate(
+            layers=[(grid[0] * grid[1], channels)] * len(table),
+            latent=(latent_channels, latent_h, latent_w),
+            table=table,
+        )
 
     def point(self, name: str, module_path: str) -> Point:
         return Point(name, module_path)

@@ -142,15 +142,11 @@ class Flux(FlowMatching, WholeCallReplay, Backbone):
         return vae.config.block_out_channels[-1]
 
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
-        latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
-        grid = (latent_h // 2, latent_w // 2)
-        channels = config["num_attention_heads"] * config["attention_head_dim"]
         # Execution order: every double-stream block, then every single-stream block.
         paths = [f"transformer_blocks.{i}.attn" for i in range(config["num_layers"])] + [
             f"single_transformer_blocks.{i}.attn" for i in range(config["num_single_layers"])
         ]
-        return Estimate(
-            layers=[(grid[0] * grid[1], channels)] * len(paths),
-            latent=(config.get("in_channels", 64) // 4, latent_h, latent_w),
-            table=self.uniform_table(paths, grid, channels),
+        # The transformer's input channels are the latent's times the 2x2 patch.
+        return self.uniform_estimate(
+            config, height, width, paths, config.get("in_channels", 64) // 4
         )

@@ -91,13 +91,7 @@ class StableDiffusion3(FlowMatching, WholeCallReplay, Backbone):
         return vae.config.block_out_channels[-1]
 
     def estimate(self, config: dict, height: int, width: int) -> Estimate:
-        latent_h, latent_w = height // self.latent_factor, width // self.latent_factor
-        patch = config.get("patch_size", 2)
-        grid = (latent_h // patch, latent_w // patch)
-        channels = config["num_attention_heads"] * config["attention_head_dim"]
         paths = [f"transformer_blocks.{i}.attn" for i in range(config["num_layers"])]
-        return Estimate(
-            layers=[(grid[0] * grid[1], channels)] * len(paths),
-            latent=(config.get("in_channels", 16), latent_h, latent_w),
-            table=self.uniform_table(paths, grid, channels),
+        return self.uniform_estimate(
+            config, height, width, paths, config.get("in_channels", 16), config.get("patch_size", 2)
         )

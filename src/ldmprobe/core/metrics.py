@@ -232,10 +232,9 @@ def grid_ceiling(
     values = image_metrics(task_kind, block_mean(target, factor), target)
     if foreground is not None:
         keep = np.asarray(foreground, dtype=bool)
-        objects = image_metrics(task_kind, block_mean(target, factor, keep), target, keep)
-        values.update(
-            {f"{name}_objects": objects[f"{name}_objects"] for name in VARIANTS["objects"]}
-        )
+        best = block_mean(target, factor, keep)[keep]
+        for name in VARIANTS["objects"]:
+            values[f"{name}_objects"] = CONTINUOUS[name](best, target[keep])
     return values
 
 

@@ -38,6 +38,14 @@ def ceiling_table(
     task's probes are scored on), per task, metric and token grid."""
     by_grid = grids(layers)
     object_regions = metrics.FOREGROUND_TASK in tasks
+    foregrounds: dict[str, np.ndarray] = {}  # label path -> mask, read once for every task
+
+    def foreground_of(image) -> np.ndarray:
+        path = image[TASKS[metrics.FOREGROUND_TASK].label_key]
+        if path not in foregrounds:
+            foregrounds[path] = load_label(path, keys=("target",))["target"] > 0.5
+        return foregrounds[path]
+
     rows = []
     for task in tasks:
         kind = TASKS[task].kind
@@ -51,8 +59,7 @@ def ceiling_table(
                 and object_regions
                 and not excluded_from(image, metrics.FOREGROUND_TASK)
             ):
-                key = TASKS[metrics.FOREGROUND_TASK].label_key
-                foreground = load_label(image[key], keys=("target",))["target"] > 0.5
+                foreground = foreground_of(image)
             exact = target > 0.5 if kind == "binary" else target
             for grid in by_grid:
                 factor = target.shape[0] // grid[0]
