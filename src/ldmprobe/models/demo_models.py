@@ -82,7 +82,6 @@ def save_stable_diffusion(
     """A small pipeline with SD's block types: every self-attention layer and token grid."""
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -103,21 +102,7 @@ def save_stable_diffusion(
         layers_per_block=1,
         sample_size=image_size,
     )
-    vocabulary = clip_byte_vocabulary()
-    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocabulary),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder, tokenizer = tiny_clip()
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -132,8 +117,8 @@ def save_stable_diffusion(
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
-def tiny_clip(hidden: int = 32, projection: int | None = None):
-    """A 2-layer CLIP text encoder and its byte-level tokenizer (77 tokens); with
+def tiny_clip(hidden: int = 32, projection: int | None = None, layers: int = 2):
+    """A CLIP text encoder of ``layers`` layers and its byte-level tokenizer (77 tokens); with
     ``projection``, the encoder with the text projection (SDXL's and SD3's second encoder)."""
     from transformers import (
         CLIPTextConfig,
@@ -148,7 +133,7 @@ def tiny_clip(hidden: int = 32, projection: int | None = None):
         vocab_size=len(vocabulary),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id,
@@ -667,7 +652,6 @@ def build_marigold_shading(out_dir: Path, seed: int) -> None:
         MarigoldIntrinsicsPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -691,21 +675,7 @@ def build_marigold_shading(out_dir: Path, seed: int) -> None:
         norm_num_groups=8,
         layers_per_block=1,
     )
-    vocabulary = clip_byte_vocabulary()
-    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocabulary),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder, tokenizer = tiny_clip(layers=1)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
