@@ -396,6 +396,13 @@ def figure_files():
     return files
 
 
+def world_outputs():
+    """Route (b)'s fidelity table, in a study whose images start from inverted renders."""
+    if CONFIG["generation"]["start"]["kind"] != "world-inversion":
+        return []
+    return [f"{RESULTS}/world/regeneration_fidelity_summary.csv"]
+
+
 def final_outputs(wildcards):
     # classification_outputs: rules/classify.smk (empty unless classification.enabled).
     return [
@@ -407,6 +414,8 @@ def final_outputs(wildcards):
         *classification_outputs(),
         # intervention_outputs: rules/intervention.smk (empty unless intervention.enabled).
         *intervention_outputs(),
+        # world_outputs: above (empty unless the images start from renders).
+        *world_outputs(),
     ]
 
 

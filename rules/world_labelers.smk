@@ -105,3 +105,29 @@ rule world_fit_faithfulness:
         },
     script:
         "../scripts/world_fit.py"
+
+
+# Route (b)'s fidelity: each image redrawn from the inversion of a render, against that render
+# (whose exact maps label it): PSNR and palette-mask IoU.
+rule world_regeneration_fidelity:
+    input:
+        images=per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/image.png"),
+        records=per_image(f"{RESULTS}/generation/{{prompt_id}}/{{seed}}/meta.json"),
+    output:
+        per_image=f"{RESULTS}/world/regeneration_fidelity.csv",
+        summary=report(
+            f"{RESULTS}/world/regeneration_fidelity_summary.csv",
+            caption="../report/world_regeneration.rst",
+            category="World",
+        ),
+    log:
+        f"{LOGS}/world/regeneration_fidelity.log",
+    conda:
+        "../envs/probes.yaml"
+    params:
+        images=[
+            {"prompt_id": p, "seed": s}
+            for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
+        ],
+    script:
+        "../scripts/world_regeneration.py"

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ldmprobe.core.metrics import psnr
 from ldmprobe.intervention.conditions import random_probe
 from ldmprobe.intervention.optimise import EditProbe, EditSettings, optimise_activation
 from ldmprobe.intervention.scores import (
@@ -14,7 +15,6 @@ from ldmprobe.intervention.scores import (
     depth_scores,
     displacement_ratio,
     fit_scale_shift,
-    psnr,
     relative_edit,
     saliency_scores,
 )

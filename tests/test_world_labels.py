@@ -469,6 +469,33 @@ def test_render_refuses_a_row_whose_prompt_is_not_the_scenes_caption(tmp_path, r
         _label_job("depth", _render_section(spec_dir, "depth", scene="exact"), folder, "x.npz")
 
 
+def test_regeneration_fidelity_scores_the_redrawn_image_against_its_render(tmp_path, route_b):
+    """Route (b)'s fidelity: the image against the render it was inverted from. The render
+    itself scores exactly; the demo's random weights redraw no scene of this world; an image
+    generated from noise has no render and is refused, naming its record."""
+    from ldmprobe.world.quality import regeneration_fidelity
+
+    exact = tmp_path / "exact"
+    shutil.copytree(route_b["inverted"], exact)
+    Image.fromarray(render(_route_b_scene(), SIZE).image).save(exact / "image.png")
+
+    def image(folder, prompt_id):
+        return {
+            "prompt_id": prompt_id,
+            "seed": ROW[1],
+            "path": str(folder / "image.png"),
+            "meta": str(folder / "meta.json"),
+        }
+
+    table, summary = regeneration_fidelity([image(exact, "exact"), image(route_b["inverted"], "b")])
+    scores = table.set_index("prompt_id")
+    assert scores.loc["exact", "psnr"] == np.inf and scores.loc["exact", "mask_iou"] == 1.0
+    assert scores.loc["b", "psnr"] < 20 and scores.loc["b", "mask_iou"] < 0.5
+    assert summary.set_index("metric").loc["mask_iou", "n"] == 2
+    with pytest.raises(ValueError, match=r"noise.*meta.json.*not from 'noise'"):
+        regeneration_fidelity([image(route_b["noise"], "noise")])
+
+
 def test_fit_is_the_default_and_ignores_the_record(tmp_path, renders, spec_dir):
     """scene: fit (the default) labels the pixels, route (a), as before: the same maps with or
     without the generation's record, and with the option spelled out."""

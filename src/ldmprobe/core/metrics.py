@@ -95,6 +95,14 @@ def rmse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean((x - y) ** 2)))
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two images of the same shape on the uint8 scale (any
+    dtype); inf when identical."""
+    _check_same_shape(a, b)
+    error = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
 # The metrics reported per test image, by task kind (binary: saliency; continuous: depth,
 # shading). Figures draw these.
 METRICS_OF_KIND = {"binary": ("dice",), "continuous": ("spearman", "pearson", "rmse")}

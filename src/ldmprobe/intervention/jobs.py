@@ -286,10 +286,11 @@ def score(
     import pandas as pd
     from PIL import Image
 
+    from ..core.metrics import psnr
     from ..core.tasks import TASKS
     from ..labels import build_labeler, label_model_ref, load_label, to_target
     from ..models import resolve_device
-    from .scores import SUCCESS_SCORE, TASK_SCORES, psnr, relative_edit
+    from .scores import SUCCESS_SCORE, TASK_SCORES, relative_edit
     from .targets import Offset
 
     kind = TASKS[task].kind

@@ -89,14 +89,6 @@ TASK_SCORES = {"binary": saliency_scores, "continuous": depth_scores}
 SUCCESS_SCORE = {"binary": "displacement", "continuous": "delta_spearman"}
 
 
-def psnr(original: np.ndarray, edited: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
-    if np.shape(original) != np.shape(edited):
-        raise ValueError(f"image shapes differ: {np.shape(original)} vs {np.shape(edited)}")
-    error = np.mean((np.asarray(original, np.float64) - np.asarray(edited, np.float64)) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
-
-
 def relative_edit(delta_squares: float, activation_squares: float) -> float:
     """||Δ|| / ||a|` from the summed squares over every edited site."""
     return float(np.sqrt(delta_squares / activation_squares)) if activation_squares else np.nan

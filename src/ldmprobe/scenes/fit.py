@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.metrics import psnr
 from . import (
     CAMERA_HEIGHT,
     CAMERA_PITCH_DEG,
@@ -205,11 +206,6 @@ def label_kept(
     if task in FIT_FREE_TASKS:
         return True
     return fit is not None and fit.scene is not None and fit.iou >= min_iou and fit.psnr >= min_psnr
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def fit_scene(

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..core.compat import ensure_torchvision_importable
 from ..core.io import atomic_directory, atomic_file, write_json
+from ..core.metrics import psnr
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,9 @@ def cosine_lr(base: float, step: int, steps: int, warmup: int = 100) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of the PSNR (dB) between uint8 images [n, H, W, 3]."""
-    err = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(axis=1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(err, 1e-10))))
+def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the PSNR (dB) between images [n, H, W, 3] on the uint8 scale."""
+    return float(np.mean([psnr(x, y) for x, y in zip(a, b, strict=True)]))
 
 
 # --- checkpoints --------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def reconstruction_psnr(vae, images: np.ndarray) -> float:
             for x in to_tensor(images).split(64)
         ]
     recon = torch.cat(out).clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return psnr(recon.permute(0, 2, 3, 1).numpy(), images)
+    return mean_psnr(recon.permute(0, 2, 3, 1).numpy(), images)
 
 
 # --- 2. cached latents --------------------------------------------------------------------
@@ -798,7 +798,7 @@ def evaluate_pipeline(
     for i in range(k):
         start = ddim_invert(pipe, images[i], captions[i], e["sample_steps"])
         redrawn = regenerate(pipe, start, captions[i], e["sample_steps"], 1.0)
-        regen_psnr.append(psnr(redrawn[None], images[i : i + 1]))
+        regen_psnr.append(psnr(redrawn, images[i]))
         a, b = scenes.palette_mask(redrawn), scenes.palette_mask(images[i])
         ious.append((a & b).sum() / max(1, (a | b).sum()))
     recon_psnr = reconstruction_psnr(pipe.vae, images[:k])
