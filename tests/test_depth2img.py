@@ -94,21 +94,25 @@ def section(root, **depth2img):
     return intervention
 
 
-def test_depth2img_writes_each_trial_like_an_edit_and_is_scored(depth2img_study, tmp_path):
-    root = depth2img_study
-    intervention = section(root)
-    out = tmp_path / "depth2img/boat/666"
+def run_depth2img(root, intervention, task, label, out):
     jobs.depth2img(
         intervention["depth2img"]["model"],
         False,
         GENERATION,
         intervention,
-        "depth",
+        task,
         IMAGE,
         str(root / "image.png"),
-        str(root / "label.npz"),
+        str(label),
         str(out),
     )
+
+
+def test_depth2img_writes_each_trial_like_an_edit_and_is_scored(depth2img_study, tmp_path):
+    root = depth2img_study
+    intervention = section(root)
+    out = tmp_path / "depth2img/boat/666"
+    run_depth2img(root, intervention, "depth", root / "label.npz", out)
     label = np.load(root / "label.npz")["target"]
     cost = json.loads((out / "cost.json").read_text())
     # strength 0.5 of 2 steps skips the first of PNDM's 3 timesteps (PLMS repeats one).
@@ -126,17 +130,7 @@ def test_depth2img_writes_each_trial_like_an_edit_and_is_scored(depth2img_study,
             )
     # The same seed and target give the same image; another target another image.
     again = tmp_path / "again"
-    jobs.depth2img(
-        intervention["depth2img"]["model"],
-        False,
-        GENERATION,
-        intervention,
-        "depth",
-        IMAGE,
-        str(root / "image.png"),
-        str(root / "label.npz"),
-        str(again),
-    )
+    run_depth2img(root, intervention, "depth", root / "label.npz", again)
     first = np.asarray(Image.open(out / "trial0/image.png"))
     assert np.array_equal(first, np.asarray(Image.open(again / "trial0/image.png")))
     assert not np.array_equal(first, np.asarray(Image.open(out / "trial1/image.png")))
@@ -180,17 +174,7 @@ def test_a_flat_target_has_nothing_to_condition_on_and_is_left_out(depth2img_stu
     intervention = section(root)
     intervention["task"] = "saliency"
     out = tmp_path / "depth2img"
-    jobs.depth2img(
-        intervention["depth2img"]["model"],
-        False,
-        GENERATION,
-        intervention,
-        "saliency",
-        IMAGE,
-        str(root / "image.png"),
-        str(tmp_path / "empty.npz"),
-        str(out),
-    )
+    run_depth2img(root, intervention, "saliency", tmp_path / "empty.npz", out)
     cost = json.loads((out / "cost.json").read_text())
     assert [trial.get("skipped") for trial in cost["trials"]] == ["flat target"] * 2
     assert not list(out.glob("trial*"))
