@@ -208,6 +208,16 @@ def test_demo_end_to_end_plans_the_demo(tmp_path):
     assert "total_s" not in entry["results"]
 
 
+def test_world_training_plans_every_world_model_on_the_cpu_into_fresh_folders(tmp_path):
+    (entry,) = run_tiny("bench_world_train", tmp_path)
+    world = entry["config"]["world"]
+    assert world["device"] == "cpu" and world["diffusion"] == {}
+    assert world["weights_dir"] != "world/weights"  # nothing committed is reused
+    # The VAE, latents, U-Net, labeler, classifier, world definition, and the target rule.
+    assert entry["results"]["jobs"] == 7
+    assert "wall_s" not in entry["results"]
+
+
 def test_report_renders_every_record_with_its_machine(tmp_path):
     import report
 
