@@ -7,7 +7,7 @@ interval, each control's best layer at the same step, the probe minus the permut
 (paired by image, from the per-image table), and the emergence steps of the probe's best
 layer and of the labeler on the previews; where the study has its grid ceiling table, the
 ceiling of the best probe layer's token grid (the best any probe on that grid can score). With
-the intervention: its summary rows.
+the intervention: its summary rows; route (b): its regeneration fidelity.
 
 Usage: python bench/bench_world_study.py --results results --config config/world.yaml
 """
@@ -99,6 +99,10 @@ def study_record(results: Path) -> dict:
     manifest = pd.read_csv(results / "dataset.csv", dtype={"excluded_by": str})
     out["images"] = manifest.split.value_counts().to_dict()
     out["excluded_by"] = manifest.excluded_by.fillna("").value_counts().to_dict()
+    # Route (b)'s: the redrawn images against the renders that label them.
+    fidelity = results / "world" / "regeneration_fidelity_summary.csv"
+    if fidelity.is_file():
+        out["regeneration_fidelity"] = pd.read_csv(fidelity).to_dict("records")
     for summary in sorted((results / "tables" / "intervention").glob("*-summary.csv")):
         out[f"intervention/{summary.stem}"] = pd.read_csv(summary).to_dict("records")
     return out
