@@ -218,6 +218,22 @@ def test_world_training_plans_every_world_model_on_the_cpu_into_fresh_folders(tm
     assert "wall_s" not in entry["results"]
 
 
+def test_readout_finds_a_planted_linear_map_and_pools_labels_to_the_token_grid():
+    import bench_readout
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(500, 8))
+    targets = features @ rng.normal(size=8) + 3.0
+    _weights, residual = bench_readout.least_squares(features, targets)
+    assert residual < 1e-6
+    _weights, residual = bench_readout.least_squares(features, rng.normal(size=500))
+    assert residual > 0.9  # noise is not linear in the features
+    maps = np.arange(2 * 4 * 4, dtype=float).reshape(2, 4, 4)
+    pooled = bench_readout.pooled(maps, (2, 2))
+    assert pooled.shape == (2, 4)
+    assert pooled[0].tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
 def test_report_renders_every_record_with_its_machine(tmp_path):
     import report
 
