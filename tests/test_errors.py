@@ -10,6 +10,7 @@ from ldmprobe.core.config import ConfigError, validate_config
 from ldmprobe.core.io import atomic_directory, atomic_file
 from ldmprobe.core.prompts import PromptTableError, load_prompts
 from ldmprobe.preflight import check_consistency
+from ldmprobe.world.train import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,15 @@ def test_ids_unsafe_as_paths_are_rejected_with_their_line(tmp_path, prompt_id):
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "demo.yaml", "world.yaml", "world-demo.yaml", "world-inversion.yaml"]
+    "name",
+    [
+        "config.yaml",
+        "demo.yaml",
+        "world.yaml",
+        "world-demo.yaml",
+        "world-inversion.yaml",
+        "world-latent32.yaml",
+    ],
 )
 def test_shipped_configs_are_consistent(name):
     check_consistency(validate_config(yaml.safe_load((REPO / "config" / name).read_text())))
@@ -65,6 +74,25 @@ def test_route_b_config_is_route_a_started_from_renders():
     rows = {row["seed"]: row for row in prompt_rows(start["data_seed"], len(table))}
     for prompt_id, seed, prompt in zip(table.prompt_id, table.seed, table.prompt, strict=True):
         assert (rows[seed]["prompt_id"], rows[seed]["prompt"]) == (prompt_id, prompt)
+
+
+def test_the_latent32_config_is_the_world_study_on_the_32x32_model():
+    """config/world-latent32.yaml: config/world.yaml's study (same rows, labels, probes,
+    controls) on the committed 32x32-latent model, whose recipe it states as the one that made
+    it (so its world section retrains that model)."""
+    import json
+
+    route_a = validate_config(yaml.safe_load((REPO / "config" / "world.yaml").read_text()))
+    fine = validate_config(yaml.safe_load((REPO / "config" / "world-latent32.yaml").read_text()))
+    for key in ("prompts", "generation", "labels", "probe", "metrics", "controls", "figures"):
+        assert fine[key] == route_a[key], key
+    assert fine["results"] != route_a["results"] and not fine["intervention"]["enabled"]
+    model = REPO / fine["models"]["diffusion"]["id"]
+    assert model == REPO / fine["world"]["weights_dir"] / "diffusion"
+    assert json.loads((model / "unet" / "config.json").read_text())["sample_size"] == 32
+    made_by = json.loads((model / "RECIPE.json").read_text())["recipe"]
+    stated = json.loads(json.dumps(Recipe.from_dict(fine["world"]["diffusion"]).to_dict()))
+    assert stated == made_by
 
 
 def test_route_b_labels_need_route_b_generation():
