@@ -324,6 +324,13 @@ def per_image(pattern):
     ]
 
 
+def image_keys():
+    """Every image's {prompt_id, seed}, in per_image's order (a job's params beside its inputs)."""
+    return [
+        {"prompt_id": p, "seed": s} for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
+    ]
+
+
 def dataset_inputs(wildcards):
     """Every image's files, by manifest column name."""
     inputs = {

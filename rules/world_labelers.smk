@@ -92,10 +92,7 @@ rule world_fit_faithfulness:
     conda:
         "../envs/probes.yaml"
     params:
-        images=[
-            {"prompt_id": p, "seed": s}
-            for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
-        ],
+        images=image_keys(),
         # The tasks labelled by the fit (not those of scene: render, route (b), none excluded).
         thresholds={
             task: section.get("options", {})
@@ -125,9 +122,6 @@ rule world_regeneration_fidelity:
     conda:
         "../envs/probes.yaml"
     params:
-        images=[
-            {"prompt_id": p, "seed": s}
-            for p, s in zip(PROMPTS.prompt_id, PROMPTS.seed)
-        ],
+        images=image_keys(),
     script:
         "../scripts/world_regeneration.py"

@@ -15,6 +15,7 @@ from ldmprobe.core.metrics import (
     emergence_step,
     emergence_step_bootstrap,
     image_metrics,
+    iou,
     pearson,
     rmse,
     spearman,
@@ -129,6 +130,21 @@ def test_dice_empty_masks():
 def test_dice_refuses_non_boolean_masks():
     with pytest.raises(TypeError):
         dice(np.array([0.2, 0.9]), np.array([True, False]))
+
+
+def test_iou_hand_count_and_dice_relation():
+    a = np.zeros((4, 4), dtype=bool)
+    b = a.copy()
+    a[0, :3] = True  # 3 pixels
+    b[0, 1:] = True  # 3 pixels, 2 shared, union 4
+    assert iou(a, b) == 0.5
+    assert iou(a, a) == 1.0
+    assert iou(a, ~a) == 0.0
+    assert iou(a, b) == pytest.approx(dice(a, b) / (2 - dice(a, b)))
+    empty = np.zeros((3, 3), dtype=bool)
+    assert iou(empty, empty) == 1.0  # as dice
+    with pytest.raises(ValueError, match="shapes differ"):
+        iou(a, empty)
 
 
 # --- image_metrics -------------------------------------------------------------------------

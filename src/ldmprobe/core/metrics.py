@@ -61,6 +61,15 @@ def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred_mask, true_mask).sum()) / total
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union |A∩B| / |A∪B| of two boolean masks of equal shape; 1.0 when both
+    are empty (as ``dice``)."""
+    _check_same_shape(a, b)
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    union = int(np.logical_or(a, b).sum())
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
 def pearson(pred: np.ndarray, target: np.ndarray) -> float:
     """Pearson correlation over all elements; NaN pairs dropped; nan if either side is constant."""
     return _pearson_of_valid(*_valid_pairs(pred, target))

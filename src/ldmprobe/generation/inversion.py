@@ -80,6 +80,20 @@ def started_scene(prompt: str, seed: int, start: dict):
     return scene
 
 
+def recorded_scene(record: dict):
+    """The scene a generation record (its ``meta.json``) says the image started from: route
+    (b)'s ``started_scene`` of the record's prompt, seed and start; an image started from
+    anything but a render has none."""
+    start = record.get("start") or {"kind": "noise"}
+    if start.get("kind") != "world-inversion":
+        raise ValueError(
+            f"its generation record says it started from {start.get('kind')!r}; route (b) "
+            "needs images generated from a render (generation.start: {kind: world-inversion, "
+            f"data_seed: n}}), not from {start.get('kind')!r}"
+        )
+    return started_scene(record["prompt"], int(record["seed"]), start)
+
+
 def inverted_start(pipe, prompt: str, seed: int, start: dict, size: int, steps: int):
     """Route (b)'s x_T for a prompt-table row: the render of its ``started_scene`` at ``size``
     px, inverted with its caption."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.metrics import psnr
+from ..core.metrics import iou, psnr
 from . import (
     CAMERA_HEIGHT,
     CAMERA_PITCH_DEG,
@@ -184,10 +184,9 @@ def fit_object(
             radius = float(np.clip(radius * width / c_width, 0.02, 3.0))
         candidate = SceneObject(shape, colour, float(x), float(z), float(radius))
         seen = np.isfinite(intersect(candidate, o, flat)[0]).reshape(blob.shape) & ~others
-        union = (seen | blob).sum()
-        iou = float((seen & blob).sum() / union) if union else 0.0
-        if iou > best_iou:
-            best, best_iou = candidate, iou
+        overlap = iou(seen, blob)  # the blob is never empty
+        if overlap > best_iou:
+            best, best_iou = candidate, overlap
     return best, best_iou
 
 
@@ -245,15 +244,14 @@ def fit_scene(
     renders = render_lights(unlit, size, tuple(LIGHTS))
     light = max(renders, key=lambda name: psnr(renders[name].image, image))
     best = renders[light]
-    union = (best.mask | mask).sum()
-    iou = float((best.mask & mask).sum() / union) if union else 1.0
+    overlap = iou(best.mask, mask)
     quality = psnr(best.image, image)
     failure = None
-    if iou < min_iou:
-        failure = f"mask IoU {iou:.2f} < {min_iou}"
+    if overlap < min_iou:
+        failure = f"mask IoU {overlap:.2f} < {min_iou}"
     elif quality < min_psnr:
         failure = f"PSNR {quality:.1f} dB < {min_psnr}"
-    return Fit(mask, Scene(tuple(objects), light, jitter), best, iou, quality, failure)
+    return Fit(mask, Scene(tuple(objects), light, jitter), best, overlap, quality, failure)
 
 
 def save_world_spec(out_dir) -> None:

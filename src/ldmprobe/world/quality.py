@@ -27,11 +27,7 @@ def dense_scores(task: str, predicted: np.ndarray, truth: np.ndarray, mask: np.n
     for pred, true, objects in zip(predicted, truth, mask, strict=True):
         if task == "saliency":
             hit, want = pred > 0.5, true > 0.5
-            union = np.logical_or(hit, want).sum()
-            values = {
-                "dice": metrics.dice(hit, want),
-                "iou": float(np.logical_and(hit, want).sum() / union) if union else 1.0,
-            }
+            values = {"dice": metrics.dice(hit, want), "iou": metrics.iou(hit, want)}
         else:  # the probes' metrics, over object pixels too (metrics.VARIANTS)
             values = metrics.image_metrics("continuous", pred, true, objects)
         for name, value in values.items():
@@ -197,27 +193,23 @@ def regeneration_fidelity(images: list[dict]) -> tuple:
     import pandas as pd
     from PIL import Image
 
-    from ..generation.inversion import started_scene
+    from ..generation.inversion import recorded_scene
     from ..scenes import palette_mask, render
 
     rows = []
     for image in images:
-        record = json.loads(Path(image["meta"]).read_text())
-        start = record.get("start") or {"kind": "noise"}
-        if start.get("kind") != "world-inversion":
-            raise ValueError(
-                f"{image['meta']}: route (b)'s fidelity is of images generated from a render "
-                f"(generation.start kind world-inversion), not from {start.get('kind')!r}"
-            )
+        try:
+            scene = recorded_scene(json.loads(Path(image["meta"]).read_text()))
+        except ValueError as error:
+            raise ValueError(f"{image['meta']}: route (b)'s fidelity: {error}") from None
         pixels = np.asarray(Image.open(image["path"]).convert("RGB"))
-        rendered = render(started_scene(record["prompt"], int(record["seed"]), start), len(pixels))
-        drawn = palette_mask(pixels)
+        rendered = render(scene, len(pixels))
         rows.append(
             {
                 "prompt_id": image["prompt_id"],
                 "seed": image["seed"],
                 "psnr": metrics.psnr(pixels, rendered.image),
-                "mask_iou": (drawn & rendered.mask).sum() / max(1, (drawn | rendered.mask).sum()),
+                "mask_iou": metrics.iou(palette_mask(pixels), rendered.mask),
             }
         )
     table = pd.DataFrame(rows, columns=["prompt_id", "seed", "psnr", "mask_iou"])

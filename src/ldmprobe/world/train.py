@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.compat import ensure_torchvision_importable
 from ..core.io import atomic_directory, atomic_file, write_json
-from ..core.metrics import psnr
+from ..core.metrics import iou, psnr
 
 log = logging.getLogger(__name__)
 
@@ -794,13 +794,12 @@ def evaluate_pipeline(
     quality["render_count_match"] = round(float((rendered == wanted).mean()), 3)
 
     k = min(e["inversions"], len(heldout))
-    regen_psnr, recon_psnr, ious = [], [], []
+    regen_psnr, ious = [], []
     for i in range(k):
         start = ddim_invert(pipe, images[i], captions[i], e["sample_steps"])
         redrawn = regenerate(pipe, start, captions[i], e["sample_steps"], 1.0)
         regen_psnr.append(psnr(redrawn, images[i]))
-        a, b = scenes.palette_mask(redrawn), scenes.palette_mask(images[i])
-        ious.append((a & b).sum() / max(1, (a | b).sum()))
+        ious.append(iou(scenes.palette_mask(redrawn), scenes.palette_mask(images[i])))
     recon_psnr = reconstruction_psnr(pipe.vae, images[:k])
     quality["inversion"] = {
         "images": k,

@@ -212,9 +212,9 @@ class WorldExactLabeler(_TargetedLabeler):
         return labels
 
     def _started_scene(self, paths: list[Path], record: dict | None):
-        """The scene the generation's record says it started from (``inversion.started_scene``,
-        which checks that the row's prompt is its caption)."""
-        from ...generation.inversion import started_scene
+        """The scene the generation's record says it started from (``inversion.recorded_scene``,
+        which also checks that the row's prompt is its caption)."""
+        from ...generation.inversion import recorded_scene
 
         first = paths[0] if paths else "(no image)"
         if record is None:
@@ -223,15 +223,8 @@ class WorldExactLabeler(_TargetedLabeler):
                 "record of the image (its meta.json), which the label job did not give"
             )
         row = f"prompt-table row {record.get('prompt_id', '?')} (seed {record['seed']}), {first}"
-        start = record.get("start") or {"kind": "noise"}
-        if start.get("kind") != "world-inversion":
-            raise ValueError(
-                f"{row}: labeler {self.name!r} with scene: render labels images generated from "
-                "a render (generation.start: {kind: world-inversion, data_seed: n}), but its "
-                f"generation record says it started from {start.get('kind')!r}"
-            )
         try:
-            return started_scene(record["prompt"], int(record["seed"]), start)
+            return recorded_scene(record)
         except ValueError as error:
             raise ValueError(
                 f"{row}: labeler {self.name!r} with scene: render cannot label it: {error}"
